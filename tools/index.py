@@ -1,0 +1,1 @@
+"""Importing this registers every tool (each module calls toolserver.registry.register)."""
