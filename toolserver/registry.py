@@ -88,6 +88,8 @@ class ToolSpec(Generic[In, Out]):
     slim     result -> the small dict the web card shows (the full result is fetched by call_id)
     table    result -> readable text for people at a terminal
     needs_session  False for tools that work without a model (watch)
+    session_arg    the input field naming the session the call creates (start_session), so its
+                   events and history land in that session
     """
 
     name: str
@@ -100,6 +102,7 @@ class ToolSpec(Generic[In, Out]):
     slim: Callable[[Out], dict[str, Any]]
     table: Callable[[Out], str]
     needs_session: bool = True
+    session_arg: str | None = None
 
 
 _REGISTRY: dict[str, ToolSpec[Any, Any]] = {}

@@ -1,0 +1,198 @@
+"""The `trainspect` command: one sub-command per registered tool, flags derived from its input model.
+
+Exit codes: 0 ok, 1 error (one line on stderr), 2 a tool's own failing verdict (merge analysis).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any, Literal, Sequence, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from toolserver.registry import Envelope, ToolError, ToolSpec, all_tools
+
+GLOBAL_FLAGS = ("session", "save", "output", "mirror", "no_mirror")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        rest = [a for a in get_args(annotation) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return annotation
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """Turn each field of a tool's input model into a flag (or a positional, if the field asks)."""
+    for name, field in model.model_fields.items():
+        _add_field(parser, name, field)
+
+
+def _add_field(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
+    annotation = _unwrap_optional(field.annotation)
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    help_text = field.description or ""
+    kwargs: dict[str, Any] = {"help": help_text, "dest": name}
+    if annotation is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+        kwargs["default"] = field.default if not field.is_required() else False
+    else:
+        origin = get_origin(annotation)
+        if origin in (list, tuple, set):
+            inner = get_args(annotation)[0] if get_args(annotation) else str
+            kwargs["nargs"] = "+"
+            kwargs["type"] = _unwrap_optional(inner) if _unwrap_optional(inner) in (int, float) else str
+        elif origin is Literal:
+            kwargs["choices"] = list(get_args(annotation))
+        elif annotation in (int, float):
+            kwargs["type"] = annotation
+        elif not (isinstance(annotation, type) and issubclass(annotation, (BaseModel, dict))):
+            kwargs["type"] = str
+        else:
+            kwargs["type"] = json.loads  # structured fields are given as JSON
+        if field.is_required():
+            kwargs["required"] = not extra.get("positional")
+        else:
+            kwargs["default"] = argparse.SUPPRESS  # let the model supply its own default
+    if extra.get("positional"):
+        kwargs.pop("dest")
+        kwargs.pop("required", None)
+        parser.add_argument(name, metavar=name.upper(), **kwargs)
+    else:
+        parser.add_argument(_flag(name), **kwargs)
+
+
+def build_parser(tools: Sequence[ToolSpec[Any, Any]]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainspect", description="What a fine-tune did to a language model.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for spec in tools:
+        words = spec.command.split()
+        target = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = sub.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = group.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+            target = groups[words[0]]
+        p = target.add_parser(words[-1], help=spec.summary.split(". ")[0], description=spec.summary)
+        add_model_arguments(p, spec.input_model)
+        _add_common(p)
+        p.set_defaults(spec=spec)
+
+    mcp = sub.add_parser("mcp", help="serve every tool over MCP (stdio by default)")
+    mcp.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
+    mcp.add_argument("--host", default="127.0.0.1")
+    mcp.add_argument("--port", type=int, default=8765)
+    mcp.add_argument("--mirror", help="web mirror URL (default $TRAINSPECT_MIRROR_URL or http://127.0.0.1:8002)")
+    mcp.add_argument("--no-mirror", action="store_true", help="do not mirror tool calls to the web page")
+    mcp.set_defaults(action="mcp")
+
+    web = sub.add_parser("web", help="serve the web mirror (live cards of every tool call)")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8002)
+    web.add_argument("--token", default=os.environ.get("TRAINSPECT_MIRROR_TOKEN"), help="required to bind a non-loopback address")
+    web.set_defaults(action="web")
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--session", dest="_session", help="session id (default: $TRAINSPECT_SESSION, else the last one started)")
+    p.add_argument("--save", dest="_save", type=Path, help="write the schema_version=1 JSON export here")
+    p.add_argument("--output", dest="_output", choices=["table", "json"], default="table", help="json prints the full result for scripts")
+    p.add_argument("--mirror", dest="_mirror", help="web mirror URL for this call")
+    p.add_argument("--no-mirror", dest="_no_mirror", action="store_true", help="do not mirror this call")
+
+
+def _tool_args(ns: argparse.Namespace, spec: ToolSpec[Any, Any]) -> dict[str, Any]:
+    return {k: v for k, v in vars(ns).items() if k in spec.input_model.model_fields}
+
+
+def _mirror(url: str | None, disabled: bool) -> Any | None:
+    from web_mirror.client import MirrorClient
+
+    return MirrorClient.from_env(url, disabled=disabled)
+
+
+def _run_tool(ns: argparse.Namespace) -> int:
+    from toolserver.progress import TerminalProgress
+    from toolserver.runner import invoke
+
+    spec: ToolSpec[Any, Any] = ns.spec
+    mirror = _mirror(ns._mirror, ns._no_mirror)
+    bar = TerminalProgress(spec.command, enabled=ns._output == "table")
+    try:
+        envelope = invoke(
+            spec,
+            _tool_args(ns, spec),
+            session_id=ns._session,
+            mirror=mirror,
+            on_progress=bar.update,
+            on_emit=bar.line,
+        )
+    finally:
+        bar.close()
+        if mirror is not None:
+            mirror.close()
+    if ns._save:
+        _save(ns._save, envelope)
+    if ns._output == "json":
+        print(envelope.model_dump_json(indent=2))
+    else:
+        print(render(spec, envelope))
+    return 0
+
+
+def _save(path: Path, envelope: Envelope[Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(envelope.model_dump_json(indent=2))
+    except OSError as e:
+        raise ToolError(f"cannot write {path}: {e.strerror}", "choose a writable --save path") from None
+
+
+def render(spec: ToolSpec[Any, Any], envelope: Envelope[Any]) -> str:
+    """The people view: the tool's table, then findings and suggested next calls."""
+    parts = [spec.table(envelope.result)]
+    if envelope.findings:
+        parts.append("Findings:\n" + "\n".join(f"  [{f.severity}] {f.text}" for f in envelope.findings))
+    if envelope.follow_ups:
+        parts.append("Next:\n" + "\n".join(f"  {fu.tool} {json.dumps(fu.args)} — {fu.why}" for fu in envelope.follow_ups))
+    parts.append(f"call_id {envelope.call_id} · {envelope.duration_s:.2f}s")
+    return "\n\n".join(p for p in parts if p)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(all_tools())
+    ns = parser.parse_args(argv)
+    try:
+        if getattr(ns, "action", None) == "mcp":
+            from toolserver.mcp_server import serve
+
+            serve(http=ns.http, host=ns.host, port=ns.port, mirror_url=ns.mirror, no_mirror=ns.no_mirror)
+            return 0
+        if getattr(ns, "action", None) == "web":
+            from web_mirror.server import serve as serve_web
+
+            serve_web(host=ns.host, port=ns.port, token=ns.token)
+            return 0
+        return _run_tool(ns)
+    except ToolError as e:
+        print(f"error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

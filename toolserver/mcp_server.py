@@ -1,0 +1,196 @@
+"""Every registered tool as an MCP tool (mcp 2.x `MCPServer`), plus `start_tool` / `get_result`.
+
+Each tool's parameters are its input model's fields and its output schema is the result envelope,
+so structured content validates against what `list_tools` advertises. Tool runs happen in a worker
+thread; their progress becomes MCP progress notifications. Loaded models stay in memory between
+calls (per session), which is what makes a long-lived server faster than repeated CLI calls.
+"""
+import inspect
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError as MCPToolError
+from pydantic import BaseModel, Field
+
+from session.state import Session, current_session
+from toolserver.registry import Envelope, ToolError, ToolSpec, all_tools, envelope_model
+from toolserver.runner import invoke, load_result
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+INSTRUCTIONS = """trainspect shows what a fine-tune did to a language model.
+Start with start_session (a model slug, HF id or local directory), then call analysis tools such as
+run_weight_diff with a checkpoint path. Each result has `findings` (read first) and `follow_ups`
+(suggested next calls). Long tables are paged with get_result(call_id, section, offset). For calls
+that may outlast your request timeout, use start_tool(tool, args) and poll get_result(call_id)."""
+
+
+@dataclass
+class Job:
+    """A tool call started with start_tool: polled through get_result."""
+
+    tool: str
+    status: Literal["running", "done", "error"] = "running"
+    fraction: float = 0.0
+    message: str = "started"
+    error: str | None = None
+
+
+@dataclass
+class ServerState:
+    mirror: Any | None
+    caches: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def session(self) -> Session | None:
+        """The current session, with this process's model cache attached (keyed so a restarted
+        session with another model never sees the old model)."""
+        try:
+            sess = current_session()
+        except ToolError:
+            return None
+        key = (sess.id, sess.model_source, sess.created_at)
+        with self.lock:
+            sess._cache = self.caches.setdefault(key, {})
+        return sess
+
+
+def _signature(spec: ToolSpec[Any, Any]) -> inspect.Signature:
+    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    for name, f in spec.input_model.model_fields.items():
+        annotation = Annotated[f.annotation, Field(description=f.description)]
+        default = inspect.Parameter.empty if f.is_required() else f.get_default(call_default_factory=True)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default))
+    return inspect.Signature(params, return_annotation=envelope_model(spec))
+
+
+def _tool_handler(spec: ToolSpec[Any, Any], state: ServerState) -> Any:
+    async def handler(ctx: Context, **kwargs: Any) -> Envelope[Any]:
+        def progress(fraction: float, message: str) -> None:
+            anyio.from_thread.run(ctx.report_progress, round(fraction * 100, 1), 100.0, message)
+
+        def run() -> Envelope[Any]:
+            sess = state.session() if spec.needs_session or spec.session_arg is None else None
+            return invoke(spec, kwargs, session=sess, mirror=state.mirror, on_progress=progress)
+
+        try:
+            return await anyio.to_thread.run_sync(run)
+        except ToolError as e:
+            raise MCPToolError(str(e)) from None
+
+    handler.__signature__ = _signature(spec)  # type: ignore[attr-defined]
+    handler.__name__ = spec.name
+    return handler
+
+
+def _description(spec: ToolSpec[Any, Any]) -> str:
+    return f"{spec.summary}\nCLI: trainspect {spec.command}"
+
+
+class ResultPage(BaseModel):
+    call_id: str
+    status: Literal["running", "done", "error"]
+    fraction: float = Field(description="progress in [0, 1]")
+    message: str
+    section: str | None = None
+    total: int | None = Field(default=None, description="length of the section when it is a list")
+    offset: int = 0
+    data: Any = None
+
+
+def _section(full: dict[str, Any], section: str | None) -> Any:
+    node: Any = full
+    for part in (section or "").split(".") if section else []:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            keys = list(node)[:20] if isinstance(node, dict) else f"a list of {len(node)}" if isinstance(node, list) else type(node).__name__
+            raise MCPToolError(f"no section {section!r} in the result (at {part!r}; available: {keys})")
+    return node
+
+
+def build_server(mirror: Any | None = None) -> MCPServer:
+    state = ServerState(mirror=mirror)
+    server: MCPServer = MCPServer(name="trainspect", instructions=INSTRUCTIONS)
+    specs = {spec.name: spec for spec in all_tools()}
+    for spec in specs.values():
+        server.add_tool(_tool_handler(spec, state), name=spec.name, description=_description(spec), structured_output=True)
+
+    def start_tool(
+        tool: Annotated[str, Field(description="name of the tool to run, as listed by list_tools")],
+        args: Annotated[dict[str, Any], Field(description="the tool's arguments, as for a direct call")] = {},  # noqa: B006
+    ) -> ResultPage:
+        """Start a tool call in the background and return its call_id at once. Use for calls that may
+        take longer than your request timeout (large checkpoints, long simulations); then poll
+        get_result(call_id) until status is done."""
+        spec = specs.get(tool)
+        if spec is None:
+            raise MCPToolError(f"unknown tool {tool!r}; available: {', '.join(specs)}")
+        call_id = uuid.uuid4().hex
+        job = Job(tool=tool)
+        state.jobs[call_id] = job
+
+        def progress(fraction: float, message: str) -> None:
+            job.fraction, job.message = fraction, message
+
+        def work() -> None:
+            try:
+                sess = state.session() if spec.needs_session or spec.session_arg is None else None
+                invoke(spec, args, session=sess, mirror=state.mirror, on_progress=progress, call_id=call_id)
+                job.status, job.fraction, job.message = "done", 1.0, "done"
+            except ToolError as e:
+                job.status, job.error, job.message = "error", str(e), str(e)
+
+        threading.Thread(target=work, name=f"trainspect-{tool}-{call_id[:8]}", daemon=True).start()
+        return ResultPage(call_id=call_id, status="running", fraction=0.0, message="started")
+
+    def get_result(
+        call_id: Annotated[str, Field(description="the call_id of a finished or started call")],
+        section: Annotated[str | None, Field(description="dotted path inside the result envelope, e.g. 'result.rows'")] = None,
+        offset: Annotated[int, Field(ge=0, description="first item when the section is a list")] = 0,
+        limit: Annotated[int, Field(ge=1, le=200, description="items per page when the section is a list")] = 50,
+    ) -> ResultPage:
+        """Fetch a stored result by call_id — the whole envelope, or one section of it, paged — or the
+        progress of a call started with start_tool. Cheap: reads a stored file, loads no model."""
+        job = state.jobs.get(call_id)
+        if job is not None and job.status != "done":
+            return ResultPage(call_id=call_id, status=job.status, fraction=job.fraction, message=job.error or job.message)
+        try:
+            full = load_result(call_id)
+        except ToolError as e:
+            raise MCPToolError(str(e)) from None
+        data = _section(full, section)
+        total = None
+        if isinstance(data, list):
+            total = len(data)
+            data = data[offset : offset + limit]
+        return ResultPage(call_id=call_id, status="done", fraction=1.0, message="done", section=section, total=total, offset=offset, data=data)
+
+    server.add_tool(start_tool, name="start_tool", structured_output=True)
+    server.add_tool(get_result, name="get_result", structured_output=True)
+    return server
+
+
+def serve(*, http: bool = False, host: str = "127.0.0.1", port: int = 8765, mirror_url: str | None = None, no_mirror: bool = False) -> None:
+    from web_mirror.client import MirrorClient
+
+    if http and host not in LOOPBACK:
+        raise ToolError(f"refusing to serve MCP on {host}: it has no authentication", "bind 127.0.0.1 and tunnel if you need remote access")
+    mirror = MirrorClient.from_env(mirror_url, disabled=no_mirror)
+    server = build_server(mirror)
+    try:
+        if http:
+            server.run("streamable-http", host=host, port=port)
+        else:
+            server.run("stdio")
+    finally:
+        if mirror is not None:
+            mirror.close()
