@@ -1,0 +1,194 @@
+"""The orchestrator's API and store: ingest, idempotency, folding into cards, auth, limits, SSE, restarts."""
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from toolserver.registry import ToolError
+from web_mirror.app import create_app
+from web_mirror.server import is_loopback, serve
+from web_mirror.store import Store
+
+from web_fixtures import ev, mirror_server, tool_call
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> TestClient:
+    return TestClient(create_app(tmp_path / "home"))
+
+
+def test_ingest_folds_a_tool_call_into_one_card_and_keeps_the_full_result_apart(client: TestClient) -> None:
+    events = tool_call("s1", "c1", tool="run_weight_diff", card="weightDiff", slim={"layers": [1, 2]}, name="ft")
+    assert client.post("/api/events", json=events).json() == {"accepted": 3, "duplicates": 0, "last_seq": 3}
+
+    cards = client.get("/api/sessions/s1/cards").json()
+    assert cards["last_seq"] == 3
+    [card] = cards["cards"]
+    assert card["kind"] == "weightDiff" and card["tool"] == "run_weight_diff" and card["status"] == "ok"
+    assert card["args"] == {"name": "ft"} and card["slim"] == {"layers": [1, 2]}
+    assert card["progress"] == {"fraction": 0.5, "message": "halfway"}
+    assert card["duration_s"] == 0.25 and card["has_result"] is True
+    assert card["findings"] == [{"text": "a finding", "severity": "warn"}]
+    assert "result" not in json.dumps(card["slim"]) and "detail" not in json.dumps(cards)
+
+    full = client.get("/api/calls/c1").json()
+    assert full == events[2]["data"]["result"]
+    assert client.get("/api/calls/nope").status_code == 404
+    assert client.get("/api/sessions/nope/cards").status_code == 404
+
+
+def test_a_replayed_event_is_stored_once(client: TestClient) -> None:
+    events = tool_call("s1", "c1")
+    client.post("/api/events", json=events[:2])
+    reply = client.post("/api/events", json=events).json()
+    assert reply == {"accepted": 1, "duplicates": 2, "last_seq": 3}
+    assert client.get("/api/sessions").json()[0]["n_events"] == 3
+
+
+def test_cards_are_newest_first_and_errors_carry_their_hint(client: TestClient) -> None:
+    client.post("/api/events", json=tool_call("s", "first"))
+    client.post("/api/events", json=[
+        ev("tool.start", "s", "second", tool="run_x", card="x", args={}),
+        ev("tool.error", "s", "second", tool="run_x", card="x", duration_s=0.1, error="bad checkpoint f.pt", hint="pass a .pt"),
+    ])
+    cards = client.get("/api/sessions/s/cards").json()["cards"]
+    assert [c["call_id"] for c in cards] == ["second", "first"]
+    assert cards[0]["status"] == "error" and cards[0]["error"] == "bad checkpoint f.pt" and cards[0]["hint"] == "pass a .pt"
+    assert cards[0]["has_result"] is False
+
+
+def test_training_watch_events_fold_into_one_watch_card_nan_loss_included(client: TestClient) -> None:
+    run = "run-7"
+    steps = [ev("training.watch.step", "s", run, run=run, snapshot={"step": i, "loss": 2.0 - 0.1 * i, "maxGrad": 0.5, "gradNorms": {"a": 1}}) for i in range(5)]
+    steps.append(ev("training.watch.step", "s", run, run=run, snapshot={"step": 5, "loss": float("nan")}))
+    signal_ = {"type": "gradient_spike", "severity": "critical", "step": 3, "metric": "maxGrad", "value": 30.0, "threshold": 5.0, "layers": [], "message": "spike"}
+    body = [*steps, ev("training.watch.signal", "s", run, run=run, signal=signal_), ev("training.watch.summary", "s", run, run=run, summary={"steps": 6})]
+    # what a Python emitter posting NaN produces on the wire (json.dumps allows it by default)
+    r = client.post("/api/events", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    [card] = client.get("/api/sessions/s/cards").json()["cards"]
+    assert card["kind"] == "watch" and card["status"] == "ok"
+    w = card["watch"]
+    assert w["run"] == run and [s["step"] for s in w["steps"]] == [0, 1, 2, 3, 4, 5]
+    assert w["steps"][5]["loss"] == "NaN" and w["steps"][0] == {"step": 0, "loss": 2.0, "maxGrad": 0.5, "learning_rate": None}
+    assert w["signals"] == [signal_] and w["summary"] == {"steps": 6}
+
+
+def test_malformed_family_data_degrades_the_card_not_the_server(client: TestClient) -> None:
+    junk = [
+        ev("tool.progress", "s", "c", fraction="lots", message=3),
+        ev("tool.result", "s", "c", findings="none", duration_s=True, slim=[1, 2]),
+        ev("training.watch.step", "s", "w", snapshot=[1]),
+        ev("simulate.pass", "s", "sim", run="r", pass_=2),
+    ]
+    assert client.post("/api/events", json=junk).status_code == 200
+    cards = {c["call_id"]: c for c in client.get("/api/sessions/s/cards").json()["cards"]}
+    assert cards["c"]["progress"] == {"fraction": None, "message": None} and cards["c"]["findings"] == []
+    assert cards["w"]["watch"]["steps"] == [] and cards["sim"]["kind"] == "simulate"
+    assert cards["sim"]["extra"][0]["type"] == "simulate.pass"
+
+
+def test_unknown_event_types_and_oversized_batches_are_rejected(client: TestClient) -> None:
+    assert client.post("/api/events", json=ev("tool.exploded", "s", "c")).status_code == 422
+    assert client.post("/api/events", json=ev("training.watch.", "s", "c")).status_code == 422
+    assert client.post("/api/events", json=[ev("tool.start", "s", "c")] * 1001).status_code == 422
+    assert client.post("/api/events", json=[]).status_code == 422
+
+
+def test_request_bodies_are_size_limited(tmp_path: Path) -> None:
+    c = TestClient(create_app(tmp_path / "home", max_body=10_000))
+    big = ev("tool.result", "s", "c", result={"blob": "x" * 20_000})
+    assert c.post("/api/events", json=big).status_code == 413
+    assert c.post("/api/events", json=ev("tool.start", "s", "c")).status_code == 200
+
+
+def test_with_a_token_every_api_call_needs_it(tmp_path: Path) -> None:
+    c = TestClient(create_app(tmp_path / "home", token="s3cret"))
+    assert c.post("/api/events", json=tool_call("s", "c")).status_code == 401
+    for path in ("/api/sessions", "/api/sessions/s/cards", "/api/calls/c", "/api/sessions/s/stream"):
+        assert c.get(path).status_code == 401, path
+        assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+    ok = {"Authorization": "Bearer s3cret"}
+    assert c.post("/api/events", json=tool_call("s", "c"), headers=ok).status_code == 200
+    assert c.get("/api/sessions", headers=ok).status_code == 200
+    assert c.get("/api/calls/c?token=s3cret").status_code == 200
+    assert c.get("/").status_code == 200  # the page itself holds no data; it asks for the token
+
+
+def test_non_loopback_bind_requires_a_token() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    with pytest.raises(ToolError, match="without a token"):
+        serve("0.0.0.0", 1, None)
+
+
+def test_the_store_keeps_order_and_results_across_reopen(tmp_path: Path) -> None:
+    from web_mirror.events import Event
+
+    store = Store.in_home(tmp_path)
+    evs = [Event(type="tool.progress", session="s", call_id="c", data={"fraction": i / 10}) for i in range(10)]
+    store.ingest(evs)
+    store.close()
+    again = Store.in_home(tmp_path)
+    assert [e.data["fraction"] for e in again.events("s")] == [i / 10 for i in range(10)]
+    assert sqlite3.connect(again.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _read_sse(url: str, headers: dict[str, str], n: int, out: list[dict], timeout: float = 10) -> None:
+    with httpx.stream("GET", url, headers=headers, timeout=timeout) as r:
+        current: dict = {}
+        for line in r.iter_lines():
+            if line.startswith("id:"):
+                current["id"] = line[3:].strip()
+            elif line.startswith("data:"):
+                current["data"] = json.loads(line[5:])
+            elif line == "" and current:
+                out.append(current)
+                current = {}
+                if len(out) >= n:
+                    return
+
+
+def test_sse_stream_is_live_and_resumes_from_last_event_id(tmp_path: Path) -> None:
+    with mirror_server(tmp_path / "home") as server:
+        server.post(tool_call("s", "c1"))
+        got: list[dict] = []
+        reader = threading.Thread(target=_read_sse, args=(f"{server.url}/api/sessions/s/stream", {}, 5, got))
+        reader.start()
+        time.sleep(0.3)
+        server.post([ev("tool.start", "s", "c2", tool="t", card="x", args={}), ev("tool.start", "other", "c3", tool="t", card="x", args={})])
+        server.post(ev("tool.progress", "s", "c2", fraction=0.2, message="m"))
+        reader.join(10)
+        assert [g["id"] for g in got] == ["1", "2", "3", "4", "6"]  # seq 5 belongs to another session
+        assert [g["data"]["type"] for g in got] == ["tool.start", "tool.progress", "tool.result", "tool.start", "tool.progress"]
+        assert "result" not in got[2]["data"]["data"] and got[2]["data"]["data"]["has_result"] is True
+
+        resumed: list[dict] = []
+        _read_sse(f"{server.url}/api/sessions/s/stream", {"Last-Event-ID": "3"}, 2, resumed)
+        assert [g["id"] for g in resumed] == ["4", "6"]
+
+
+def test_a_killed_server_restarts_with_everything_still_listed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with mirror_server(home) as server:
+        calls = [tool_call(f"s{i % 2}", f"call{i}", slim={"i": i}) for i in range(3)]
+        for events in calls:
+            server.post(events)
+        before = (server.get("/api/sessions"), server.get("/api/sessions/s0/cards"), server.get("/api/calls/call2"))
+        server.kill(signal.SIGKILL)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.url + "/api/sessions")
+        server.start()
+        after = (server.get("/api/sessions"), server.get("/api/sessions/s0/cards"), server.get("/api/calls/call2"))
+        assert after == before and len(after[0]) == 2 and len(after[1]["cards"]) == 2
+        # the log continues after the restart, and a replay of old events is still deduplicated
+        assert server.post(calls[0]) == {"accepted": 0, "duplicates": 3, "last_seq": 9}
+        assert server.post(ev("tool.start", "s0", "call9"))["last_seq"] == 10

@@ -1,0 +1,238 @@
+"""The web orchestrator: ingests mirror events, serves sessions, cards, full results, a live stream and the page.
+
+The stream is Server-Sent Events whose ids are the event log's `seq`, so a page that reconnects with
+`Last-Event-ID` (or opens with `?after=` the `last_seq` of its card snapshot) misses nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from web_mirror.cards import fold
+from web_mirror.events import Event
+from web_mirror.store import Store, dumps
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY = 8 * 1024 * 1024  # a full weight-diff envelope of a large model is well under this
+MAX_BATCH = 1000
+STREAM_BATCH = 500
+EVENT_TYPE = r"^(tool\.(start|progress|result|error)|training\.watch\..+|simulate\..+)$"
+_ID = {"min_length": 1, "max_length": 200}
+
+
+class IngestEvent(Event):
+    """A mirror event as POSTed (web_mirror.events.Event, with the server's validation spelled out)."""
+
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="idempotency key: an event replayed with the same id is stored once", **_ID)
+    type: str = Field(pattern=EVENT_TYPE, max_length=100, description="tool.*, training.watch.* or simulate.*")
+    session: str = Field(description="session the card belongs to", **_ID)
+    call_id: str = Field(description="the card: a tool call id, or the run id of a training/simulation stream", **_ID)
+    ts: float = Field(default_factory=time.time, allow_inf_nan=False, description="unix time the event happened")
+
+
+EventBatch = Annotated[list[IngestEvent], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class IngestReply(BaseModel):
+    accepted: int = Field(description="events stored now")
+    duplicates: int = Field(description="events already stored under the same event_id (ignored)")
+    last_seq: int = Field(description="position of the last stored event in the log")
+
+
+class SessionSummary(BaseModel):
+    id: str
+    first_ts: float
+    last_ts: float
+    last_seq: int
+    n_events: int
+    n_cards: int
+
+
+class Progress(BaseModel):
+    fraction: float | str | None
+    message: str | None
+
+
+class WatchState(BaseModel):
+    run: str | None
+    steps: list[dict[str, Any]] = Field(description="step, loss, maxGrad, learning_rate per step event")
+    signals: list[dict[str, Any]]
+    summary: Any
+
+
+class Card(BaseModel):
+    """The fold of one call's events: what the page renders (never the full result)."""
+
+    call_id: str
+    session: str
+    kind: str = Field(description="card renderer: weightDiff, watch, simulate, generic, …")
+    tool: str | None
+    status: Literal["running", "ok", "error"]
+    first_seq: int
+    last_seq: int
+    started_ts: float
+    ended_ts: float | None
+    duration_s: float | str | None
+    args: dict[str, Any] | None
+    progress: Progress | None
+    slim: Any = Field(description="the tool's slim card payload")
+    findings: list[dict[str, Any]]
+    error: str | None
+    hint: str | None
+    has_result: bool = Field(description="the full result is at GET /api/calls/{call_id}")
+    watch: WatchState | None
+    extra: list[dict[str, Any]] = Field(description="latest events of families without a renderer")
+
+
+class Cards(BaseModel):
+    session: str
+    last_seq: int = Field(description="open the stream with ?after=last_seq to continue from this snapshot")
+    cards: list[Card] = Field(description="newest first")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "missing or wrong token"},
+}
+
+
+_bearer = HTTPBearer(auto_error=False, description="the server's --token")
+_query_token = APIKeyQuery(name="token", auto_error=False, description="the token, for EventSource (which cannot send headers)")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+QueryToken = Annotated[str | None, Depends(_query_token)]
+
+
+class _Hub:
+    """Wakes every stream when events are stored (an Event swapped per change: no lost wake-ups)."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+
+    def notify(self) -> None:
+        old, self.changed = self.changed, asyncio.Event()
+        old.set()
+
+
+def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY) -> FastAPI:
+    store = Store.in_home(home)
+    hub = _Hub()
+    def authorised(creds: Bearer, qtoken: QueryToken) -> None:
+        if token is None:
+            return
+        given = creds.credentials if creds else qtoken
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(
+        title="trainspect web mirror",
+        version="1",
+        description="Live cards of every trainspect tool call.",
+        max_body_size=max_body,
+        lifespan=_closing(store),
+    )
+    api = [Depends(authorised)]
+
+    @app.post("/api/events", dependencies=api, responses={**ERRORS, 413: {"model": Problem, "description": "body too large"}})
+    async def post_events(events: Annotated[IngestEvent | EventBatch, Body()]) -> IngestReply:
+        """Store one event or an ordered batch; replays (same event_id) are ignored."""
+        batch = events if isinstance(events, list) else [events]
+        stored, duplicates = await run_in_threadpool(store.ingest, batch)
+        if stored:
+            hub.notify()
+        last = stored[-1].seq if stored else await run_in_threadpool(store.last_seq)
+        return IngestReply(accepted=len(stored), duplicates=duplicates, last_seq=last)
+
+    @app.get("/api/sessions", dependencies=api, responses=ERRORS)
+    async def list_sessions() -> list[SessionSummary]:
+        """Every session, most recently active first."""
+        rows = await run_in_threadpool(store.sessions)
+        return [SessionSummary(**vars(r)) for r in rows]
+
+    @app.get("/api/sessions/{session_id:path}/cards", dependencies=api, responses={**ERRORS, 404: {"model": Problem}})
+    async def session_cards(session_id: str) -> Cards:
+        """The session's cards, folded from its events, newest first."""
+        events = await run_in_threadpool(store.events, session_id)
+        if not events:
+            raise HTTPException(404, f"no session {session_id!r}")
+        return Cards(session=session_id, last_seq=events[-1].seq, cards=[Card(**c) for c in fold(events)])
+
+    @app.get("/api/calls/{call_id:path}", dependencies=api, responses={**ERRORS, 404: {"model": Problem}})
+    async def call_result(call_id: str) -> dict[str, Any]:
+        """The full result envelope of a finished tool call."""
+        result = await run_in_threadpool(store.result, call_id)
+        if result is None:
+            raise HTTPException(404, f"no result for call {call_id!r}")
+        return result
+
+    @app.get("/api/sessions/{session_id:path}/stream", dependencies=api, responses=ERRORS, response_class=EventSourceResponse)
+    async def session_stream(
+        session_id: str,
+        after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,
+        last_event_id: Annotated[str | None, Header(description="set by a reconnecting EventSource")] = None,
+    ) -> AsyncIterator[ServerSentEvent]:
+        """The session's events as SSE (`event: mirror`, id = seq, data = the event without its full result)."""
+        cursor = max(after, int(last_event_id) if last_event_id and last_event_id.isdigit() else 0)
+        while True:
+            changed = hub.changed
+            batch = await run_in_threadpool(store.events, session_id, cursor, STREAM_BATCH)
+            for ev in batch:
+                yield ServerSentEvent(raw_data=dumps(ev.as_dict()), event="mirror", id=str(ev.seq))
+            if batch:
+                cursor = batch[-1].seq
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=5.0)
+            except TimeoutError:
+                pass
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def hardening(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    app.state.store = store
+    return app
+
+
+def _closing(store: Store) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    return lifespan
+
+
+# no inline script, no remote anything: escaped text is the first defence, this is the second
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "Cache-Control": "no-cache",
+}
