@@ -1,0 +1,116 @@
+"""The session operations behind start_session, load_sae and session_status."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from session.catalog import CATALOG, CatalogEntry, lookup
+from session.models import is_loaded
+from session.resolve import model_dims, read_config, resolve_model
+from session.sae import SAE_KEY, SaeInfo, load_sae as load_sae_object, remember
+from session.state import CallRecord, Session, check_id, list_sessions, load_session, set_current
+from toolserver.registry import ToolError
+
+RECENT_CALLS = 5
+
+
+def start_session(session_id: str, model_spec: str) -> Session:
+    """Resolve the model (config files only), persist the session and make it current.
+
+    Restarting an id with the same model keeps it as it was (SAE, history); with another model the
+    history is kept and the SAE and regression history, which belonged to the old model, are dropped.
+    """
+    check_id(session_id)
+    resolved = resolve_model(model_spec)
+    source = str(resolved.path)
+    try:
+        previous: Session | None = load_session(session_id)
+    except ToolError:  # none yet, or unreadable: start afresh
+        previous = None
+    if previous is not None and previous.model_source == source:
+        session = previous
+    else:
+        session = Session(id=session_id, model=model_spec, model_source=source, kind=resolved.kind)
+        if previous is not None:
+            session.history = previous.history
+    session.save()
+    set_current(session_id)
+    return session
+
+
+def catalog_entry(session: Session) -> CatalogEntry | None:
+    entry = lookup(session.model)
+    if entry is not None:
+        return entry
+    return next((e for e in CATALOG.values() if (d := e.bundled_dir()) is not None and str(d) == session.model_source), None)
+
+
+def dims(session: Session) -> tuple[int, int]:
+    """(d_model, n_layers) of the session's model, from its config.json."""
+    return model_dims(read_config(Path(session.model_source)))
+
+
+def default_layer(session: Session) -> int:
+    """The catalog's layer for this model, else the middle block."""
+    entry = catalog_entry(session)
+    return entry.default_layer if entry else dims(session)[1] // 2
+
+
+def load_sae(session: Session, spec: str) -> tuple[Session, SaeInfo]:
+    """Load the SAE (checked against the model's d_model and depth), remember it, persist its spec."""
+    d_model, n_layers = dims(session)
+    path = Path(spec.strip()).expanduser()
+    stored = str(path.resolve()) if path.exists() else spec.strip()  # absolute, so any cwd finds it
+    sae, info = load_sae_object(stored, d_model=d_model, n_layers=n_layers, default_layer=default_layer(session))
+    fresh = load_session(session.id)  # re-read: another process may have appended history meanwhile
+    for target in (fresh, session):
+        target.sae, target.sae_hook, target.sae_layer = stored, info.hook, info.layer
+    fresh.save()
+    session.history = fresh.history
+    remember(session, stored, sae)
+    return session, info
+
+
+class SessionStatus(BaseModel):
+    id: str
+    model: str = Field(description="the model spec as given")
+    model_source: str = Field(description="local directory the weights load from")
+    kind: str = Field(description="llm (causal LM) or embedding (encoder)")
+    d_model: int
+    n_layers: int
+    default_layer: int = Field(description="layer analyses use when none is given (catalog, else the middle block)")
+    sae: str | None = Field(description="SAE spec (local directory or release/sae_id), if one is loaded")
+    sae_hook: str | None
+    sae_layer: int | None
+    created_at: str
+    calls: int = Field(description="tool calls recorded in this session")
+    recent_calls: list[CallRecord] = Field(description=f"the last {RECENT_CALLS} calls, oldest first")
+    model_in_memory: bool = Field(description="the model is loaded in this process (MCP server) and reused")
+    sae_in_memory: bool
+    other_sessions: list[str] = Field(description="other session ids in this state directory")
+
+
+def status(session: Session) -> SessionStatus:
+    try:
+        d_model, n_layers = dims(session)
+    except ToolError as e:
+        raise ToolError(f"session {session.id!r}: its model {session.model_source} is no longer readable ({e.message})", "start the session again") from None
+    return SessionStatus(
+        id=session.id,
+        model=session.model,
+        model_source=session.model_source,
+        kind=session.kind,
+        d_model=d_model,
+        n_layers=n_layers,
+        default_layer=default_layer(session),
+        sae=session.sae,
+        sae_hook=session.sae_hook,
+        sae_layer=session.sae_layer,
+        created_at=session.created_at,
+        calls=len(session.history),
+        recent_calls=session.history[-RECENT_CALLS:],
+        model_in_memory=is_loaded(session),
+        sae_in_memory=SAE_KEY in session.cache,
+        other_sessions=[s for s in list_sessions() if s != session.id],
+    )

