@@ -1,0 +1,131 @@
+"""Loading real weights: tiny LLMs through TransformerBridge against plain HF, the bundled encoder, sae-lens SAEs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from session import service
+from session.models import load_model
+from session.sae import session_sae
+from session.state import load_session
+from session_fixtures import D_MODEL, N_LAYERS, build_sae, tiny_base
+from toolserver.registry import ToolError, get_tool
+from toolserver.runner import invoke
+
+PROMPTS = ["The model reads a sentence and predicts the next word.", "Dead layers receive almost no gradient."]
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("model-bases")
+    return {arch: tiny_base(arch, root) for arch in ("gpt2", "llama")}
+
+
+@pytest.fixture(scope="module")
+def sae_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("saes")
+    return {
+        "ok": build_sae(root / "ok"),
+        "no_hook": build_sae(root / "no-hook", hook=None),
+        "wide": build_sae(root / "wide", d_in=32),
+        "deep": build_sae(root / "deep", hook="blocks.5.hook_resid_post"),
+    }
+
+
+def _hf_reference(model_dir: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = hf(tokens, output_hidden_states=True)
+    return out.logits, out.hidden_states
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_llm_loads_through_the_bridge_and_matches_hf(arch: str, bases: dict[str, Path]) -> None:
+    session = service.start_session(f"tiny-{arch}", str(bases[arch]))
+    loaded = load_model(session)
+    assert load_model(session) is loaded  # cached for the process
+    assert service.status(session).model_in_memory
+    assert (loaded.d_model, loaded.n_layers, loaded.device) == (D_MODEL, N_LAYERS, "cpu")
+    tokens = loaded.tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits, cache = loaded.model.run_with_cache(tokens)
+    ref_logits, hidden = _hf_reference(bases[arch], tokens)
+    for layer in range(N_LAYERS):
+        assert cache[f"blocks.{layer}.hook_resid_post"].shape == (1, tokens.shape[1], D_MODEL)
+    # HF's hidden_states[L + 1] is block L's output before the final norm, except the last one
+    torch.testing.assert_close(cache["blocks.0.hook_resid_post"], hidden[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    assert logits.abs().max() > 0.01  # a real forward pass, not zeros
+
+
+def test_bundled_encoder_starts_an_embedding_session_offline() -> None:
+    env = invoke(get_tool("start_session"), {"id": "minilm", "model": "all-minilm-l6-v2"})
+    assert env.result.kind == "embedding" and env.result.d_model == 384 and env.result.n_layers == 6
+    assert env.result.default_layer == 3
+    loaded = load_model(load_session("minilm"))
+    assert type(loaded.model).__name__ == "BertModel"
+    batch = loaded.tokenizer(["a cat sits on the mat", "a cat is sitting on a mat", "stock prices fell sharply"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = loaded.model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1)
+    emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    # the real trained model: paraphrases land closer than unrelated sentences
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
+
+
+def test_local_sae_loads_with_hook_and_encodes_like_the_formula(bases: dict[str, Path], sae_dirs: dict[str, Path]) -> None:
+    invoke(get_tool("start_session"), {"id": "sae-run", "model": str(bases["gpt2"])})
+    env = invoke(get_tool("load_sae"), {"sae": str(sae_dirs["ok"])})
+    assert (env.result.hook, env.result.layer, env.result.d_in, env.result.d_sae) == ("blocks.1.hook_resid_post", 1, D_MODEL, 128)
+    assert env.result.architecture == "standard" and env.result.source == "local"
+    stored = load_session("sae-run")
+    assert (stored.sae, stored.sae_hook, stored.sae_layer) == (str(sae_dirs["ok"].resolve()), "blocks.1.hook_resid_post", 1)
+
+    loaded = load_model(stored)
+    tokens = loaded.tokenizer(PROMPTS, padding=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        _, cache = loaded.model.run_with_cache(tokens, names_filter=stored.sae_hook)
+        acts = cache[stored.sae_hook]
+        sae = session_sae(stored)
+        features = sae.encode(acts)
+    # independent reference: StandardSAE is ReLU((x - b_dec) W_enc + b_enc), weights read from the saved file
+    from safetensors.torch import load_file
+
+    w = load_file(str(sae_dirs["ok"] / "sae_weights.safetensors"))
+    expected = torch.relu((acts - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
+    assert features.shape == (len(PROMPTS), tokens.shape[1], 128)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-4)
+    assert 0 < (features > 0).float().mean() < 1
+
+    status = invoke(get_tool("session_status"), {}).result
+    assert status.sae_hook == "blocks.1.hook_resid_post" and status.calls == 2
+
+
+def test_sae_without_hook_metadata_falls_back_to_the_default_layer(bases: dict[str, Path], sae_dirs: dict[str, Path]) -> None:
+    session = service.start_session("fallback", str(bases["llama"]))
+    _, info = service.load_sae(session, str(sae_dirs["no_hook"]))
+    assert (info.layer, info.hook) == (1, "blocks.1.hook_resid_post")  # middle of 2 layers
+
+
+def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[str, Path], tmp_path: Path) -> None:
+    session = service.start_session("errs", str(bases["gpt2"]))
+    cases = {
+        str(sae_dirs["wide"]): ("d_in 32", f"d_model {D_MODEL}"),
+        str(sae_dirs["deep"]): ("layer 5", f"{N_LAYERS} layers"),
+        "gpt2-small-res-jb/blocks.8.hook_resid_pre": ("gpt2-small-res-jb/blocks.8.hook_resid_pre", "offline"),
+        "gpt2-small-res-jb/blocks.99.hook_resid_pre": ("blocks.99", "gpt2-small-res-jb"),
+        "no-such-release/x": ("no-such-release", "registry"),
+        str(tmp_path / "missing"): ("missing", "does not exist"),
+        str(tmp_path): (str(tmp_path), "cfg.json"),
+        "justaname": ("justaname", "release/sae_id"),
+    }
+    for spec, needles in cases.items():
+        with pytest.raises(ToolError) as e:
+            service.load_sae(session, spec)
+        text = str(e.value)
+        assert "\n" not in text and all(n in text for n in needles), text
+    assert load_session("errs").sae is None  # nothing was persisted
