@@ -40,16 +40,16 @@ class LoadedModel:
 
 def load_model(session: Session) -> LoadedModel:
     """The session's base model, loaded on first use and reused for the rest of the process."""
-    cached = session.cache.get(MODEL_KEY)
-    if isinstance(cached, LoadedModel) and cached.source == session.model_source:
-        return cached
+    if is_loaded(session):
+        return session.cache[MODEL_KEY]
     loaded = load_from_dir(Path(session.model_source), session.kind)
     session.cache[MODEL_KEY] = loaded
     return loaded
 
 
 def is_loaded(session: Session) -> bool:
-    return isinstance(session.cache.get(MODEL_KEY), LoadedModel)
+    cached = session.cache.get(MODEL_KEY)
+    return isinstance(cached, LoadedModel) and cached.source == session.model_source
 
 
 def load_from_dir(model_dir: Path, kind: Kind, hf_model: Any | None = None) -> LoadedModel:

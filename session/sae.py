@@ -68,12 +68,16 @@ def session_sae(session: Session) -> Any:
     """The session's SAE object, loaded once per process; ToolError when none was loaded."""
     if not session.sae:
         raise ToolError(f"session {session.id!r} has no SAE", "run: trainspect load sae SPEC")
-    cached = session.cache.get(SAE_KEY)
-    if isinstance(cached, tuple) and cached[0] == session.sae:
-        return cached[1]
+    if sae_is_loaded(session):
+        return session.cache[SAE_KEY][1]
     sae, _ = load_sae(session.sae)
     session.cache[SAE_KEY] = (session.sae, sae)
     return sae
+
+
+def sae_is_loaded(session: Session) -> bool:
+    cached = session.cache.get(SAE_KEY)
+    return isinstance(cached, tuple) and cached[0] == session.sae
 
 
 def remember(session: Session, spec: str, sae: Any) -> None:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from session.catalog import CATALOG, CatalogEntry, lookup
 from session.models import is_loaded
 from session.resolve import model_dims, read_config, resolve_model
-from session.sae import SAE_KEY, SaeInfo, load_sae as load_sae_object, remember
+from session.sae import SaeInfo, load_sae as load_sae_object, remember, sae_is_loaded
 from session.state import CallRecord, Session, check_id, list_sessions, load_session, set_current
 from toolserver.registry import ToolError
 
@@ -111,6 +111,6 @@ def status(session: Session) -> SessionStatus:
         calls=len(session.history),
         recent_calls=session.history[-RECENT_CALLS:],
         model_in_memory=is_loaded(session),
-        sae_in_memory=SAE_KEY in session.cache,
+        sae_in_memory=sae_is_loaded(session),
         other_sessions=[s for s in list_sessions() if s != session.id],
     )

@@ -109,6 +109,7 @@ def test_sae_without_hook_metadata_falls_back_to_the_default_layer(bases: dict[s
     session = service.start_session("fallback", str(bases["llama"]))
     _, info = service.load_sae(session, str(sae_dirs["no_hook"]))
     assert (info.layer, info.hook) == (1, "blocks.1.hook_resid_post")  # middle of 2 layers
+    assert service.status(session).sae_in_memory and not service.status(load_session("fallback")).sae_in_memory
 
 
 def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[str, Path], tmp_path: Path) -> None:
