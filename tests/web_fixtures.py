@@ -1,6 +1,7 @@
 """Helpers for the web mirror tests: a real server subprocess, event builders, and a headless Chromium."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,19 @@ def mirror_server(home: Path, **kw: Any) -> Iterator[MirrorServer]:
         yield server
     finally:
         server.kill(signal.SIGTERM)
+
+
+def stream_events(server: MirrorServer, session: str) -> list[dict[str, Any]]:
+    """The session's whole event log, read through its SSE stream."""
+    last = server.get(f"/api/sessions/{session}/cards")["last_seq"]
+    out: list[dict[str, Any]] = []
+    with httpx.stream("GET", f"{server.url}/api/sessions/{session}/stream", headers=server.headers(), timeout=10) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                out.append(json.loads(line[5:]))
+                if out[-1]["seq"] >= last:
+                    break
+    return out
 
 
 def ev(type: str, session: str, call_id: str, **data: Any) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from pydantic import BaseModel, Field
 
 from web_mirror.cards import fold
 from web_mirror.events import Event
-from web_mirror.store import Store, dumps
+from web_mirror.store import Store
+from web_mirror.wire import dumps
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 8 * 1024 * 1024  # a full weight-diff envelope of a large model is well under this

@@ -9,10 +9,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from web_mirror.store import StoredEvent
+from web_mirror.wire import NON_FINITE
 
 SEVERITY_RANK = {"critical": 0, "warn": 1, "info": 2}
 STEP_FIELDS = ("step", "loss", "maxGrad", "learning_rate")
-NON_FINITE = ("NaN", "Infinity", "-Infinity")
 EXTRA_KEPT = 100  # family events without a renderer: the card keeps the latest ones
 
 

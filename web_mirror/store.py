@@ -7,7 +7,6 @@ A `tool.result`'s full envelope is split off into `results` and never travels wi
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from web_mirror.events import Event
+from web_mirror.wire import dumps, finite_json
 
 DB_NAME = "mirror.sqlite3"
 
@@ -50,21 +50,6 @@ CREATE TABLE IF NOT EXISTS results (
     body TEXT NOT NULL
 );
 """
-
-
-def finite_json(value: Any) -> Any:
-    """JSON has no NaN/Infinity: carry non-finite floats as the strings JS `Number()` reads back."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {str(k): finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(finite_json(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)
