@@ -96,8 +96,14 @@ def apply(card: dict[str, Any], ev: StoredEvent) -> None:
             if card["tool"] is None:
                 card["status"] = "ok"
                 card["ended_ts"] = ev.ts
+        else:
+            _keep(card, ev)
     else:
-        card["extra"] = (card["extra"] + [{"type": ev.type, "ts": ev.ts, "data": d}])[-EXTRA_KEPT:]
+        _keep(card, ev)
+
+
+def _keep(card: dict[str, Any], ev: StoredEvent) -> None:
+    card["extra"] = (card["extra"] + [{"type": ev.type, "ts": ev.ts, "data": ev.data}])[-EXTRA_KEPT:]
 
 
 def fold(events: Iterable[StoredEvent]) -> list[dict[str, Any]]:

@@ -1,0 +1,175 @@
+"""The page in a real headless Chromium (Debian's, never a downloaded one): live cards, sync rows,
+renderers, escaping of hostile text, reconnects."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from web_fixtures import ROOT, MirrorServer, browser_page, chromium_path, ev, mirror_server, tool_call
+
+pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian chromium is not installed (make setup installs it)")
+
+ARTIFACTS = ROOT / "test-artifacts"
+XSS = ['<script>window.__xss = "script"</script>', '<img src=x onerror="window.__xss = \'img\'">', '"><svg onload="window.__xss=\'svg\'">']
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[MirrorServer]:
+    with mirror_server(tmp_path / "home") as s:
+        yield s
+
+
+@pytest.fixture
+def page(server: MirrorServer) -> Iterator[Any]:
+    with browser_page() as p:
+        p.errors = []
+        p.dialogs = []
+        p.on("pageerror", lambda e: p.errors.append(str(e)))
+        p.on("dialog", lambda d: (p.dialogs.append(d.message), d.dismiss()))
+        yield p
+    assert not p.errors, p.errors
+
+
+def open_session(page: Any, server: MirrorServer, session: str) -> None:
+    page.goto(f"{server.url}/#s={session}")
+    page.wait_for_selector(".connection.live")
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+
+def card(page: Any, call_id: str, timeout: float = 10_000) -> Any:
+    return page.wait_for_selector(f'article.card[data-call-id="{call_id}"]', timeout=timeout)
+
+
+def test_a_cli_tool_call_appears_live_with_its_sync_row(server: MirrorServer, page: Any, tmp_path: Path, tiny_gpt2: dict[str, Path]) -> None:
+    server.post(tool_call("live", "earlier"))  # the session exists before the call, as in a real investigation
+    open_session(page, server, "live")
+    env = {**os.environ, "TRAINSPECT_HOME": str(tmp_path / "cli-home")}
+    run = subprocess.run(
+        [sys.executable, "-m", "toolserver.cli", "session", "start", "--id", "live", "--model", str(tiny_gpt2["base"]), "--mirror", server.url],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    call_id = run.stdout.rsplit("call_id ", 1)[1].split()[0]
+    node = card(page, call_id)
+    page.wait_for_selector(f'article.card[data-call-id="{call_id}"][data-status="ok"]')
+    assert page.evaluate("window.__sameDocument") is True  # arrived over the stream, no reload
+    assert page.eval_on_selector("#feed", "f => f.firstElementChild.dataset.callId") == call_id  # newest first
+
+    node.query_selector("summary.sync-line").click()
+    sync = node.query_selector(".sync-body")
+    sync.wait_for_element_state("visible")
+    line = node.query_selector("summary.sync-line").inner_text()
+    assert "Invoked" in line and "Completed" in line and call_id[:10] in line
+    assert call_id in sync.inner_text() and "start_session" in sync.inner_text()
+    node.query_selector(".full-btn").click()
+    page.wait_for_selector(f'article[data-call-id="{call_id}"] .full-json:not([hidden])')
+    assert f'"call_id": "{call_id}"' in node.query_selector(".full-json").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    node.screenshot(path=str(ARTIFACTS / "web-cli-card.png"))
+    page.screenshot(path=str(ARTIFACTS / "web-page.png"))
+
+
+def test_hostile_text_is_shown_as_text_and_runs_nothing(server: MirrorServer, page: Any) -> None:
+    open_session(page, server, "xss")
+    a, b, c = XSS
+    server.post([
+        ev("tool.start", "xss", "x1", tool=a, card="weightDiff", args={"name": b, "probes": [a, b]}),
+        ev("tool.result", "xss", "x1", tool=a, card="saeDiff", duration_s=1.0, findings=[{"text": b, "severity": "warn"}],
+           slim={"layers": [{"layer": c, "name": b}], b: a}, result={"x": a}),
+        ev("tool.start", "xss", "x2", tool="run_x", card=c, args={"checkpoint": f"/tmp/{a}"}),
+        ev("tool.error", "xss", "x2", tool="run_x", card=c, duration_s=0.1, error=b, hint=a),
+        ev("training.watch.signal", "xss", "x3", run=a, signal={"type": b, "severity": "warn", "step": 1, "message": a, "layers": [b]}),
+        ev("simulate.pass", "xss", "x4", run=b, note=a),
+    ])
+    for cid in ("x1", "x2", "x3", "x4"):
+        card(page, cid)
+    page.click('article[data-call-id="x1"] summary.sync-line')
+    page.click('article[data-call-id="x1"] .full-btn')
+    page.wait_for_selector('article[data-call-id="x1"] .full-json:not([hidden])')
+    page.reload()  # the snapshot path (server-side fold) must escape too
+    for cid in ("x1", "x2", "x3", "x4"):
+        card(page, cid)
+    time.sleep(0.3)
+    assert page.evaluate("window.__xss") is None and not page.dialogs
+    injected = page.evaluate("""() => [...document.querySelectorAll('#feed *')].filter(n =>
+        ['SCRIPT', 'IMG', 'IFRAME'].includes(n.tagName.toUpperCase()) || [...n.attributes].some(a => a.name.startsWith('on'))).length""")
+    assert injected == 0
+    text = page.inner_text("#feed")
+    for payload in (a, b):
+        assert payload in text  # shown, literally
+
+
+def test_the_watch_card_draws_sparklines_with_signal_markers_and_a_ranked_feed(server: MirrorServer, page: Any) -> None:
+    open_session(page, server, "train")
+    run = "run-1"
+    steps = [ev("training.watch.step", "train", run, run=run, snapshot={"step": i, "loss": 3 * math.exp(-i / 40), "maxGrad": 30.0 if i == 70 else 1.0}) for i in range(120)]
+    steps[100]["data"]["snapshot"]["loss"] = float("nan")
+    signals = [
+        {"type": "loss_plateau", "severity": "info", "step": 110, "metric": "loss_var", "value": 1e-4, "threshold": 1e-3, "layers": [], "message": "loss flat"},
+        {"type": "gradient_spike", "severity": "critical", "step": 70, "metric": "maxGrad", "value": 30.0, "threshold": 20.0, "layers": [], "message": "spike"},
+        {"type": "dead_layers", "severity": "warn", "step": 90, "metric": "gradNorm", "value": 0.0, "threshold": 1e-6, "layers": ["blocks.1.mlp"], "message": "dead"},
+    ]
+    body = json.dumps(steps + [ev("training.watch.signal", "train", run, run=run, signal=s) for s in signals])  # NaN as Python writes it
+    assert httpx.post(f"{server.url}/api/events", content=body, headers={"content-type": "application/json"}).status_code == 200
+    node = card(page, run)
+    page.wait_for_function(f"document.querySelectorAll('article[data-call-id=\"{run}\"] .signals li').length === 3")
+    feed = [li.inner_text() for li in node.query_selector_all(".signals li")]
+    assert [f.split()[0].lower() for f in feed] == ["critical", "warn", "info"]
+    loss, grad = node.query_selector_all("svg.spark")
+    assert len(loss.query_selector_all("line.marker")) == 2 and len(grad.query_selector_all("line.marker")) == 1
+    assert len(loss.query_selector_all("line.nonfinite")) == 1  # the NaN step is marked, not drawn
+    assert "blocks.1.mlp" in feed[1]
+    node.screenshot(path=str(ARTIFACTS / "web-watch-card.png"))
+
+
+def test_a_new_tool_kind_gets_the_generic_table_and_reload_shows_the_same_cards(server: MirrorServer, page: Any) -> None:
+    open_session(page, server, "gen")
+    server.post(tool_call("gen", "g1", tool="run_future_tool", card="futureCard", slim={"score": 0.731, "rows": [{"layer": 0, "drift": 0.12}, {"layer": 1, "drift": 0.34}]}))
+    server.post([ev("tool.start", "gen", "g2", tool="run_slow", card="slowCard", args={"name": "half"}), ev("tool.progress", "gen", "g2", fraction=0.5, message="layer 1/2")])
+    server.post([ev("simulate.pass", "gen", "sim", run="sim", pass_index=1, name="sae baseline")])
+    node = card(page, "g1")
+    page.wait_for_selector('article[data-call-id="g2"] .progress .fill')
+    page.wait_for_selector('article[data-call-id="sim"]')
+    assert "0.731" in node.inner_text() and "0.34" in node.query_selector("table.rows").inner_text()
+    live = page.inner_text("#feed")
+    page.reload()
+    card(page, "sim")
+    assert page.inner_text("#feed") == live  # the page's fold of the stream equals the server's fold
+
+
+def test_a_page_survives_a_server_restart_and_misses_nothing(server: MirrorServer, page: Any) -> None:
+    server.post(tool_call("r", "before"))
+    open_session(page, server, "r")
+    card(page, "before")
+    server.kill()
+    page.wait_for_selector(".connection.down")
+    server.start()
+    server.post(tool_call("r", "after1"))
+    server.post(tool_call("r", "after2"))
+    card(page, "after2", timeout=15_000)
+    assert page.evaluate("window.__sameDocument") is True
+    ids = page.eval_on_selector_all("article.card", "ns => ns.map(n => n.dataset.callId)")
+    assert ids == ["after2", "after1", "before"]
+    assert page.eval_on_selector('article[data-call-id="after1"]', "n => n.dataset.status") == "ok"
+
+
+def test_with_a_token_the_page_asks_for_it_and_then_works(tmp_path: Path) -> None:
+    with mirror_server(tmp_path / "home", token="tok-123") as server, browser_page() as page:
+        server.post(tool_call("t", "c1"))
+        page.goto(server.url)
+        page.wait_for_selector("#token-form:not([hidden])")
+        page.goto(f"{server.url}/?token=tok-123")
+        card(page, "c1")
+        assert "token" not in page.url
+        server.post(tool_call("t", "c2"))
+        card(page, "c2")  # the stream authenticates too

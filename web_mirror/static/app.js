@@ -1,0 +1,160 @@
+// The page: session list on the left, the chosen session's cards (newest first) on the right, kept live
+// by the session's SSE stream. The snapshot's last_seq is where the stream starts; EventSource resends
+// Last-Event-ID when it reconnects, so a dropped connection misses nothing.
+import { createCard, updateCard } from "./cards.js";
+import { clock, el, replace } from "./dom.js";
+import { applyEvent, newCard } from "./fold.js";
+
+const TOKEN_KEY = "trainspect-mirror-token";
+const $ = (id) => document.getElementById(id);
+
+const state = { sessions: [], current: null, cards: new Map(), nodes: new Map(), lastSeq: 0, stream: null, dirty: new Set(), frame: 0 };
+
+const api = {
+  token: null,
+  headers() {
+    return this.token ? { Authorization: `Bearer ${this.token}` } : {};
+  },
+  async json(path) {
+    const r = await fetch(path, { headers: this.headers() });
+    if (r.status === 401) {
+      askToken();
+      throw new Error("this mirror needs a token");
+    }
+    if (!r.ok) throw Object.assign(new Error(`${r.status} ${r.statusText}`), { status: r.status });
+    return r.json();
+  },
+};
+
+function initToken() {
+  const params = new URLSearchParams(location.search);
+  if (params.has("token")) {
+    sessionStorage.setItem(TOKEN_KEY, params.get("token"));
+    params.delete("token");
+    history.replaceState(null, "", `${location.pathname}${params.toString() ? `?${params}` : ""}${location.hash}`);
+  }
+  api.token = sessionStorage.getItem(TOKEN_KEY);
+}
+
+function askToken() {
+  const form = $("token-form");
+  form.hidden = false;
+  form.onsubmit = (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token-input").value);
+    location.reload();
+  };
+}
+
+function setConnection(text, cls) {
+  const c = $("connection");
+  replace(c, text);
+  c.className = `connection ${cls}`;
+}
+
+async function refreshSessions() {
+  try {
+    state.sessions = await api.json("/api/sessions");
+  } catch (e) {
+    setConnection(`mirror unreachable (${e.message})`, "down");
+    return;
+  }
+  const wanted = decodeURIComponent(location.hash.replace(/^#s=/, "")) || null;
+  // a session named in the URL opens even before it exists: its first cards then arrive live
+  const pick = wanted || state.current || (state.sessions[0] && state.sessions[0].id);
+  renderSessions();
+  if (pick && pick !== state.current) openSession(pick);
+  if (!pick) replace($("feed"), el("p", { class: "empty" }, "No tool calls yet. Run one, e.g. ", el("code", {}, "trainspect weight-diff --checkpoint …"), " — its card appears here live."));
+}
+
+function renderSessions() {
+  replace($("sessions"), state.sessions.map((s) =>
+    el("li", { class: s.id === state.current ? "active" : "" },
+      el("button", { type: "button", onclick: () => { location.hash = `s=${encodeURIComponent(s.id)}`; openSession(s.id); } },
+        el("span", { class: "sid" }, s.id),
+        el("span", { class: "smeta" }, `${s.n_cards} card${s.n_cards === 1 ? "" : "s"} · ${clock(s.last_ts)}`)))));
+}
+
+async function openSession(id) {
+  if (state.stream) state.stream.close();
+  state.current = id;
+  state.cards = new Map();
+  state.nodes = new Map();
+  state.dirty.clear();
+  renderSessions();
+  replace($("session-title"), id);
+  const feed = $("feed");
+  replace(feed);
+  let snapshot;
+  try {
+    snapshot = await api.json(`/api/sessions/${encodeURIComponent(id)}/cards`);
+  } catch (e) {
+    if (e.status !== 404) {
+      replace(feed, el("p", { class: "empty" }, `could not load ${id}: ${e.message}`));
+      return;
+    }
+    snapshot = { cards: [], last_seq: 0 };
+    replace(feed, el("p", { class: "empty" }, "No cards in this session yet: they appear here as tool calls run."));
+  }
+  if (state.current !== id) return;
+  for (const card of snapshot.cards) {
+    state.cards.set(card.call_id, card);
+    const node = createCard(card, api);
+    state.nodes.set(card.call_id, node);
+    feed.append(node); // the snapshot is newest first already
+  }
+  state.lastSeq = snapshot.last_seq;
+  connect(id);
+}
+
+function connect(id) {
+  const q = new URLSearchParams({ after: String(state.lastSeq) });
+  if (api.token) q.set("token", api.token);
+  const es = new EventSource(`/api/sessions/${encodeURIComponent(id)}/stream?${q}`);
+  state.stream = es;
+  es.onopen = () => setConnection("live", "live");
+  es.onerror = () => setConnection("reconnecting…", "down");
+  es.addEventListener("mirror", (msg) => {
+    if (state.stream !== es) return;
+    const ev = JSON.parse(msg.data);
+    if (ev.seq <= state.lastSeq || ev.session !== state.current) return;
+    state.lastSeq = ev.seq;
+    let card = state.cards.get(ev.call_id);
+    if (!card) {
+      card = newCard(ev);
+      state.cards.set(ev.call_id, card);
+    }
+    applyEvent(card, ev);
+    state.dirty.add(ev.call_id);
+    if (!state.frame) state.frame = requestAnimationFrame(flush);
+  });
+}
+
+// Render what changed at most once per frame: a fast stream costs one DOM update per card per frame.
+function flush() {
+  state.frame = 0;
+  const feed = $("feed");
+  for (const id of state.dirty) {
+    const card = state.cards.get(id);
+    let node = state.nodes.get(id);
+    if (node) {
+      updateCard(node, card, api);
+    } else {
+      node = createCard(card, api);
+      state.nodes.set(id, node);
+      feed.querySelector(".empty")?.remove();
+      feed.prepend(node);
+    }
+  }
+  state.dirty.clear();
+  const s = state.sessions.find((x) => x.id === state.current);
+  if (s && s.n_cards !== state.cards.size) {
+    s.n_cards = state.cards.size;
+    renderSessions();
+  }
+}
+
+initToken();
+refreshSessions();
+setInterval(refreshSessions, 3000);
+window.addEventListener("hashchange", refreshSessions);

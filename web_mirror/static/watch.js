@@ -1,0 +1,56 @@
+// The watch card: loss and max-grad sparklines with a marker where each signal fired, then the signal
+// feed, most severe first. Live step/signal events draw it while the run streams; the tool's final slim
+// payload (downsampled series, ranked signals, summary) takes over when it arrives.
+import { el, fmt, isObject, kvTable, toNumber } from "./dom.js";
+import { sparkline } from "./sparkline.js";
+
+const RANK = { critical: 0, warn: 1, info: 2 };
+const GRAD_SIGNALS = new Set(["gradient_spike"]);
+const SUMMARY_KEYS = ["steps_seen", "first_step", "last_step", "loss_first", "loss_last", "loss_min", "nonfinite_losses", "max_grad_max", "max_grad_max_step", "layers_reported", "bad_lines", "skipped_rows", "out_of_order"];
+
+function series(card) {
+  const s = isObject(card.slim) && isObject(card.slim.series) ? card.slim.series : null;
+  if (s && Array.isArray(s.step)) return { step: s.step, loss: s.loss || [], maxGrad: s.maxGrad || [] };
+  const steps = card.watch ? card.watch.steps : [];
+  return { step: steps.map((r) => r.step), loss: steps.map((r) => r.loss), maxGrad: steps.map((r) => r.maxGrad) };
+}
+
+function signals(card) {
+  const all = [...(card.watch ? card.watch.signals : []), ...(isObject(card.slim) && Array.isArray(card.slim.signals) ? card.slim.signals : [])];
+  const seen = new Map();
+  for (const s of all) if (isObject(s)) seen.set(`${s.type}|${s.step}|${s.metric}`, s);
+  return [...seen.values()].sort((a, b) => (RANK[a.severity] ?? 3) - (RANK[b.severity] ?? 3) || toNumber(a.step) - toNumber(b.step));
+}
+
+function last(values) {
+  for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null && values[i] !== undefined) return values[i];
+  return null;
+}
+
+function sparkRow(name, xs, ys, markers) {
+  return el("div", { class: "spark-row" },
+    el("div", { class: "spark-label" }, el("span", {}, name), el("strong", { class: "num" }, fmt(last(ys)))),
+    sparkline(xs, ys, markers, { label: name }));
+}
+
+export function renderWatch(card) {
+  const s = series(card);
+  const sig = signals(card);
+  const marker = (x) => ({ x: x.step, severity: x.severity, label: `${x.severity} ${x.type} at step ${x.step}: ${x.message}` });
+  const summary = (isObject(card.slim) && isObject(card.slim.summary) && card.slim.summary) || (card.watch && isObject(card.watch.summary) && card.watch.summary) || null;
+  const counts = summary && isObject(summary.signals_by_severity) ? summary.signals_by_severity : null;
+  return el("div", { class: "watch" },
+    el("div", { class: "sparks" },
+      sparkRow("loss", s.step, s.loss, sig.filter((x) => !GRAD_SIGNALS.has(x.type)).map(marker)),
+      sparkRow("max grad", s.step, s.maxGrad, sig.filter((x) => GRAD_SIGNALS.has(x.type)).map(marker))),
+    el("div", { class: "muted steps-note" }, s.step.length ? `steps ${fmt(s.step[0])}–${fmt(s.step[s.step.length - 1])} · ${s.step.length} points` : "waiting for steps…"),
+    el("h4", {}, `signals (${sig.length})`, counts ? el("span", { class: "counts" }, Object.entries(counts).map(([k, v]) => el("span", { class: `pill sev-${k}` }, `${k} ${v}`))) : null),
+    sig.length ? el("ol", { class: "signals" }, sig.slice(0, 50).map((x) => el("li", { class: `sev-${x.severity}` },
+      el("span", { class: "sev" }, String(x.severity)),
+      el("span", { class: "sig-step num" }, `step ${fmt(x.step)}`),
+      el("code", { class: "sig-type" }, String(x.type)),
+      el("span", { class: "sig-msg" }, String(x.message ?? "")),
+      Array.isArray(x.layers) && x.layers.length ? el("span", { class: "sig-layers muted" }, x.layers.slice(0, 6).join(", ") + (x.layers.length > 6 ? ` +${x.layers.length - 6}` : "")) : null)))
+      : el("p", { class: "muted" }, "no signals"),
+    summary ? el("details", { class: "summary" }, el("summary", {}, "run summary"), kvTable(Object.fromEntries(SUMMARY_KEYS.filter((k) => k in summary).map((k) => [k, summary[k]])))) : null);
+}
