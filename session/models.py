@@ -6,6 +6,7 @@ LLMs load through TransformerLens' TransformerBridge (HF weights, TransformerLen
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from toolserver.registry import ToolError
 
 log = logging.getLogger("trainspect")
 MODEL_KEY = "model"
+CHECKPOINT_KEY = "checkpoint"
+# checkpoint tensors a model of the base's class may lack: task heads of another wrapper, legacy buffers
+_SKIPPABLE = re.compile(r"^(cls|lm_head|score|classifier|qa_outputs|pooler)\.|(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
 
 
 def device() -> str:
@@ -36,6 +40,8 @@ class LoadedModel:
     d_model: int
     n_layers: int
     device: str
+    checkpoint: str | None = None  # set when the weights come from a fine-tune checkpoint
+    step: int | None = None
 
 
 def load_model(session: Session) -> LoadedModel:
@@ -65,8 +71,7 @@ def load_from_dir(model_dir: Path, kind: Kind, hf_model: Any | None = None) -> L
         raise
     except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:
         log.debug("model load failed", exc_info=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ToolError(f"cannot load the {kind} model in {model_dir}: {first}", "check the directory holds weights, config.json and tokenizer files") from None
+        raise ToolError(f"cannot load the {kind} model in {model_dir}: {_first_line(e)}", "check the directory holds weights, config.json and tokenizer files") from None
     return LoadedModel(kind, str(model_dir), model, tokenizer, d_model, n_layers, dev)
 
 
@@ -83,3 +88,74 @@ def _load_encoder(model_dir: Path, dev: str, hf_model: Any | None) -> tuple[Any,
 
     model = hf_model if hf_model is not None else AutoModel.from_pretrained(str(model_dir))
     return model.to(dev).eval(), AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def load_checkpoint_model(session: Session, checkpoint: str | Path) -> LoadedModel:
+    """The session's architecture with a checkpoint's weights, to run beside the base model.
+
+    Any checkpoint session.checkpoints reads: full tensors are copied into the base model by normalised
+    name; LoRA pairs are merged as W + scale·B@A. The last checkpoint loaded stays cached for the process.
+    """
+    from session.checkpoints import open_checkpoint
+
+    path = Path(checkpoint).expanduser().resolve()
+    key = (str(path), path.stat().st_mtime_ns if path.exists() else 0)
+    cached = session.cache.get(CHECKPOINT_KEY)
+    if isinstance(cached, tuple) and cached[0] == key and cached[1].source == session.model_source:
+        return cached[1]
+    base_dir = Path(session.model_source)
+    with open_checkpoint(path) as reader:
+        hf_model = _base_hf_model(base_dir, session.kind)
+        _apply_checkpoint(hf_model, reader, base_dir)
+        step = reader.step
+    loaded = load_from_dir(base_dir, session.kind, hf_model=hf_model)
+    loaded.checkpoint, loaded.step = str(path), step
+    session.cache[CHECKPOINT_KEY] = (key, loaded)
+    return loaded
+
+
+def _base_hf_model(base_dir: Path, kind: Kind) -> Any:
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModelForCausalLM if kind == "llm" else AutoModel
+    kwargs = {"attn_implementation": "eager"} if kind == "llm" else {}
+    try:
+        return auto.from_pretrained(str(base_dir), dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ToolError(f"cannot load the base model in {base_dir}: {_first_line(e)}", "start the session on a save_pretrained directory") from None
+
+
+def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path) -> None:
+    """Overwrite the model's weights in place: checkpoint tensors by normalised name, then LoRA updates."""
+    from session.checkpoint_keys import normalise_key
+    from session.checkpoints import apply_ties, open_checkpoint
+
+    with open_checkpoint(base_dir) as base:
+        apply_ties(base, reader)
+    targets = {normalise_key(name): tensor for name, tensor in model.state_dict().items()}
+    plain = [k for k in reader.keys() if k in targets]
+    pairs = {k: p for k, p in reader.lora_pairs().items() if k in targets}
+    stray = [k for k in reader.lora_pairs() if k not in targets]
+    if stray:
+        raise ToolError(f"{reader.path}: LoRA targets not in the base {base_dir}: {', '.join(stray[:3])}", "is the adapter for another model?")
+    foreign = [k for k in reader.keys() if k not in targets and not _SKIPPABLE.search(k)]
+    if foreign:
+        raise ToolError(f"{reader.path} has {len(foreign)} tensors the base {base_dir} lacks, e.g. {', '.join(foreign[:3])}", "is the checkpoint from another architecture?")
+    if not plain and not pairs:
+        sample = ", ".join((reader.keys() or list(reader.lora_pairs()))[:3])
+        raise ToolError(f"{reader.path} shares no weight names with the base {base_dir} (checkpoint has {sample})", "is the checkpoint from another architecture?")
+    bad = [f"{k} {list(reader.shape(k))} vs base {list(targets[k].shape)}" for k in plain if tuple(reader.shape(k)) != tuple(targets[k].shape)]
+    bad += [f"{k} LoRA {list(p.shape)} vs base {list(targets[k].shape)}" for k, p in pairs.items() if tuple(p.shape) != tuple(targets[k].shape)]
+    if bad:
+        raise ToolError(f"{reader.path} does not fit the base {base_dir}: {len(bad)} shape mismatches, e.g. {'; '.join(bad[:2])}", "is the checkpoint from another model size?")
+    with torch.no_grad():
+        for k in plain:
+            targets[k].copy_(reader.get(k))
+        for k, pair in pairs.items():
+            target = targets[k]
+            target.add_((pair.left().to(target.dtype) @ pair.right().to(target.dtype)) * pair.scale)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,89 @@
+"""A fine-tuned model beside the base: checkpoint weights in the base architecture, checked against HF and peft."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from session import service
+from session.models import load_checkpoint_model, load_model
+from session_fixtures import tiny_base
+from toolserver.registry import ToolError
+from toolserver.tiny_models import finetune, lora_finetune
+
+PROMPT = "Attention layers decide which earlier words matter."
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("ckpt-runs")
+    out: dict[str, dict[str, Path]] = {}
+    for arch in ("gpt2", "llama"):
+        base = tiny_base(arch, root)
+        out[arch] = {
+            "base": base,
+            "full": finetune(base, root / f"{arch}-step_5.pt", steps=5, fmt="pt_step"),
+            "lora": lora_finetune(base, root / f"{arch}-lora", steps=5),
+        }
+    bert = tiny_base("bert", root)
+    out["bert"] = {"base": bert, "full": finetune(bert, root / "bert.safetensors", steps=5)}
+    return out
+
+
+def _reference(base: Path, checkpoint: Path, kind: str) -> torch.nn.Module:
+    """The fine-tuned model built independently: HF's own loading, plus torch.load or peft's merge."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(base), attn_implementation="eager")
+    if kind == "full":
+        hf.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    else:
+        from peft import PeftModel
+
+        hf = PeftModel.from_pretrained(hf, str(checkpoint)).merge_and_unload()
+    return hf.eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_checkpoint_model_matches_an_independent_load(arch: str, kind: str, runs: dict[str, dict[str, Path]]) -> None:
+    session = service.start_session(f"{arch}-{kind}", str(runs[arch]["base"]))
+    base = load_model(session)
+    tuned = load_checkpoint_model(session, runs[arch][kind])
+    assert load_checkpoint_model(session, runs[arch][kind]) is tuned  # cached
+    assert tuned.step == (5 if kind == "full" else None)
+    tokens = base.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        base_logits = base.model(tokens)
+        logits, cache = tuned.model.run_with_cache(tokens)
+        ref = _reference(runs[arch]["base"], runs[arch][kind], kind)(tokens).logits
+    assert cache["blocks.1.hook_resid_post"].shape == (1, tokens.shape[1], 64)
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+    assert (logits - base_logits).abs().max() > 1e-3  # the fine-tune really changed the model
+    # the base model in the same session is untouched by loading the checkpoint
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(session).model(tokens), base_logits)
+
+
+def test_encoder_checkpoint_from_a_masked_lm_fine_tune(runs: dict[str, dict[str, Path]]) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    session = service.start_session("bert-ft", str(runs["bert"]["base"]))
+    tuned = load_checkpoint_model(session, runs["bert"]["full"])
+    ref = AutoModel.from_pretrained(str(runs["bert"]["base"]))
+    weights = {k.removeprefix("bert."): v for k, v in load_file(str(runs["bert"]["full"])).items()}
+    missing, _ = ref.load_state_dict(weights, strict=False)
+    assert all(m.startswith("pooler.") for m in missing)  # BertForMaskedLM has no pooler: base one kept
+    batch = tuned.tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.model(**batch).last_hidden_state, ref.eval()(**batch).last_hidden_state, atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoint_of_another_architecture_is_one_clear_line(runs: dict[str, dict[str, Path]]) -> None:
+    session = service.start_session("mismatch", str(runs["gpt2"]["base"]))
+    for other in (runs["llama"]["full"], runs["llama"]["lora"]):
+        with pytest.raises(ToolError) as e:
+            load_checkpoint_model(session, other)
+        assert str(other) in str(e.value) and "\n" not in str(e.value)
