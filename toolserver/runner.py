@@ -130,7 +130,7 @@ def invoke(
         call_id=call.call_id,
         created_at=created_at,
         duration_s=round(duration, 4),
-        session=sess.id if sess else None,
+        session=session_id if spec.session_arg else (sess.id if sess else None),
         inputs=inputs.model_dump(mode="json"),
         result=outcome.result,
         findings=outcome.findings,
