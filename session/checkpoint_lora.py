@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from peft.utils.other import get_pattern_key
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from session.checkpoint_keys import normalise_key
@@ -52,6 +51,10 @@ class AdapterConfig(BaseModel):
 
     def rank_alpha(self, module: str) -> tuple[int, float]:
         """r and lora_alpha for one module (its name inside the base model), honouring the patterns."""
+        if not (self.rank_pattern or self.alpha_pattern):
+            return self.r, self.lora_alpha
+        from peft.utils.other import get_pattern_key  # importing peft costs seconds: only when patterns are used
+
         r = self.rank_pattern.get(get_pattern_key(list(self.rank_pattern), module), self.r)
         alpha = self.alpha_pattern.get(get_pattern_key(list(self.alpha_pattern), module), self.lora_alpha)
         return r, alpha

@@ -1,6 +1,7 @@
 """Tiny real models shared by the checkpoint-loader and weight-diff tests (built once per test session)."""
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,12 @@ FORMATS = {
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     """Per architecture: the base dir, one real 5-step fine-tune saved in every format, a LoRA and an rsLoRA adapter."""
-    root = tmp_path_factory.mktemp("tiny-models")
+    return _build(tmp_path_factory.getbasetemp() / "tiny-models")
+
+
+@cache
+def _build(root: Path) -> dict[str, dict[str, Path]]:
+    """Built once per test session even though each test module that imports `tiny` gets its own fixture."""
     out: dict[str, dict[str, Path]] = {}
     for arch in ("gpt2", "llama", "bert"):
         base = build_base(arch, root / arch / "base")

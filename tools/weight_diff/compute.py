@@ -1,0 +1,181 @@
+"""The weight diff itself: stream base and checkpoint tensor by tensor, never two whole models in memory.
+
+For each tensor: read the base tensor and the checkpoint tensor (both file-backed), form ΔW in float32
+(in row chunks when large), measure it, drop it. LoRA pairs are measured from their factors.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from session.checkpoint_lora import LoraPair
+from session.checkpoints import Alignment, CheckpointReader
+from toolserver.registry import Reporter
+from tools.weight_diff.layout import MATRIX_ORDER, Part, place
+from tools.weight_diff.models import MatrixRow, TensorRow, TopChange, Totals
+from tools.weight_diff.spectral import Spectrum, dense_spectrum, lowrank_spectrum
+
+CHUNK_ELEMENTS = 1 << 24  # ΔW is formed at most 16M float32 values (64 MB) at a time
+_SAMPLE = 20
+
+
+def _delta(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """new − old in float32 as a fresh tensor (the inputs may be read-only file mappings)."""
+    return new.to(torch.float32, copy=True).sub_(old)
+
+
+class DeltaOperator:
+    """ΔW = new − old (optionally a column range), materialised once if small, else recomputed per row chunk."""
+
+    def __init__(self, old: torch.Tensor, new: torch.Tensor, cols: tuple[int, int] | None = None) -> None:
+        old, new = old.reshape(old.shape[0], -1), new.reshape(new.shape[0], -1)
+        if cols is not None:
+            old, new = old[:, cols[0]:cols[1]], new[:, cols[0]:cols[1]]
+        self.old, self.new = old, new
+        self.shape = (old.shape[0], old.shape[1])
+        self.rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, self.shape[1]))
+        self._dense = _delta(new, old) if self.shape[0] <= self.rows_per_chunk else None
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        if self._dense is not None:
+            yield 0, self._dense
+            return
+        for start in range(0, self.shape[0], self.rows_per_chunk):
+            stop = start + self.rows_per_chunk
+            yield start, _delta(self.new[start:stop], self.old[start:stop])
+
+    def fro(self) -> float:
+        return math.sqrt(sum(float(torch.linalg.vector_norm(d)) ** 2 for _, d in self.chunks()))
+
+    def base_fro(self) -> float:
+        step = self.rows_per_chunk
+        return math.sqrt(sum(float(torch.linalg.vector_norm(self.old[s:s + step].float())) ** 2
+                             for s in range(0, self.shape[0], step)))
+
+    def mm(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([d @ v for _, d in self.chunks()])
+
+    def rmm(self, y: torch.Tensor) -> torch.Tensor:
+        return sum((d.T @ y[s:s + d.shape[0]] for s, d in self.chunks()), torch.zeros(self.shape[1], y.shape[1]))
+
+
+@dataclass
+class Measured:
+    """One measured matrix or vector before it is placed in the report."""
+
+    key: str
+    section: str
+    layer: int | None
+    matrix: str | None
+    shape: tuple[int, ...]
+    fro: float
+    base_fro: float
+    spectrum: Spectrum | None
+    lora_rank: int | None = None
+
+    @property
+    def rel(self) -> float | None:
+        """‖ΔW‖/‖W‖; None when the base tensor is all zeros (e.g. a zero-initialised bias)."""
+        return self.fro / self.base_fro if self.base_fro > 0 else None
+
+
+@dataclass
+class Collected:
+    measured: list[Measured] = field(default_factory=list)
+    compared: int = 0
+    unchanged: int = 0
+    skipped_non_float: list[str] = field(default_factory=list)
+
+
+def _measure_dense(key: str, old: torch.Tensor, new: torch.Tensor) -> list[Measured]:
+    placement = place(key, tuple(old.shape))
+    if old.dim() < 2:
+        d = _delta(new, old)
+        return [Measured(key, placement.section, None, None, tuple(old.shape), float(torch.linalg.vector_norm(d)),
+                         float(torch.linalg.vector_norm(old.float())), None)]
+    out = []
+    for part in placement.parts or (Part("other"),):
+        op = DeltaOperator(old, new, part.cols)
+        fro = op.fro()
+        matrix = part.matrix if placement.section == "layer" else None
+        out.append(Measured(key, placement.section, placement.layer, matrix, op.shape, fro, op.base_fro(),
+                            dense_spectrum(op, fro)))
+    return out
+
+
+def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor) -> list[Measured]:
+    placement = place(key, tuple(old.shape))
+    left, right = pair.left(), pair.right()
+    out = []
+    for part in placement.parts or (Part("other"),):
+        r, w = (right, old) if part.cols is None else (right[:, part.cols[0]:part.cols[1]], old[:, part.cols[0]:part.cols[1]])
+        spectrum = lowrank_spectrum(left, r, pair.scale)
+        matrix = part.matrix if placement.section == "layer" else None
+        out.append(Measured(key, placement.section, placement.layer, matrix, (w.shape[0], w.shape[1]), spectrum.fro,
+                            float(torch.linalg.vector_norm(w.float())), spectrum, lora_rank=pair.rank))
+    return out
+
+
+def collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment, reporter: Reporter) -> Collected:
+    """Measure every common tensor and every LoRA pair, one at a time, reporting progress per tensor."""
+    pairs = ckpt.lora_pairs()
+    work = [(k, None) for k in aligned.common] + list(pairs.items())
+    out = Collected()
+    for i, (key, pair) in enumerate(work):
+        reporter.progress(0.05 + 0.9 * i / max(1, len(work)), f"comparing {key} ({i + 1}/{len(work)})")
+        old = base.get(key)
+        if pair is not None:
+            measured = _measure_lora(key, pair, old)
+        else:
+            new = ckpt.get(key)
+            if not (old.is_floating_point() and new.is_floating_point()):
+                out.skipped_non_float.append(key)
+                continue
+            measured = _measure_dense(key, old, new)
+        out.compared += 1
+        out.unchanged += all(m.fro == 0 for m in measured)
+        out.measured.extend(measured)
+    return out
+
+
+def matrix_rows(collected: Collected) -> list[MatrixRow]:
+    rows = [
+        MatrixRow(layer=m.layer, matrix=m.matrix, keys=[m.key], shape=list(m.shape), fro_delta=m.fro,
+                  rel_delta=m.rel, stable_rank=m.spectrum.stable_rank, sigma_max=m.spectrum.sigma_max,
+                  lora_rank=m.lora_rank)
+        for m in collected.measured if m.section == "layer" and m.spectrum is not None and m.layer is not None and m.matrix
+    ]
+    order = {name: i for i, name in enumerate(MATRIX_ORDER)}
+    return sorted(rows, key=lambda r: (r.layer, order.get(r.matrix, len(order)), r.keys[0]))
+
+
+def tensor_rows(collected: Collected, groups: tuple[str, ...]) -> list[TensorRow]:
+    return [
+        TensorRow(key=m.key, group=m.section, shape=list(m.shape), fro_delta=m.fro, rel_delta=m.rel,  # type: ignore[arg-type]
+                  stable_rank=m.spectrum.stable_rank if m.spectrum else None,
+                  sigma_max=m.spectrum.sigma_max if m.spectrum else None)
+        for m in collected.measured if m.section in groups
+    ]
+
+
+def top_changed(collected: Collected, k: int) -> list[TopChange]:
+    matrices = [m for m in collected.measured if m.spectrum is not None and m.fro > 0 and m.rel is not None]
+    matrices.sort(key=lambda m: m.rel or 0.0, reverse=True)
+    return [TopChange(label=f"layer {m.layer} {m.matrix}" if m.layer is not None else m.key, key=m.key,
+                      rel_delta=m.rel or 0.0, fro_delta=m.fro, stable_rank=m.spectrum.stable_rank if m.spectrum else None)
+            for m in matrices[:k]]
+
+
+def totals(collected: Collected, aligned: Alignment) -> Totals:
+    fro2 = sum(m.fro**2 for m in collected.measured)
+    base2 = sum(m.base_fro**2 for m in collected.measured)
+    return Totals(
+        tensors_compared=collected.compared, unchanged=collected.unchanged,
+        fro_delta=math.sqrt(fro2), rel_delta=math.sqrt(fro2 / base2) if base2 > 0 else 0.0,
+        only_in_base=len(aligned.only_in_base), only_in_checkpoint=len(aligned.only_in_checkpoint),
+        only_in_base_keys=aligned.only_in_base[:_SAMPLE], only_in_checkpoint_keys=aligned.only_in_checkpoint[:_SAMPLE],
+        tied=aligned.tied, skipped_non_float=collected.skipped_non_float,
+    )
