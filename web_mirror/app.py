@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from web_mirror.cards import fold
 from web_mirror.events import Event
@@ -37,6 +37,8 @@ _ID = {"min_length": 1, "max_length": 200}
 
 class IngestEvent(Event):
     """A mirror event as POSTed (web_mirror.events.Event, with the server's validation spelled out)."""
+
+    model_config = ConfigDict(strict=True)  # no silent coercions: `"ts": false` is an error, not 1970
 
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="idempotency key: an event replayed with the same id is stored once", **_ID)
     type: str = Field(pattern=EVENT_TYPE, max_length=100, description="tool.*, training.watch.* or simulate.*")
@@ -109,15 +111,14 @@ class Problem(BaseModel):
     detail: str
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "missing or wrong token"},
-}
-
-
 _bearer = HTTPBearer(auto_error=False, description="the server's --token")
 _query_token = APIKeyQuery(name="token", auto_error=False, description="the token, for EventSource (which cannot send headers)")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 QueryToken = Annotated[str | None, Depends(_query_token)]
+
+
+# the body limiter answers in JSON, or in plain text when the limit trips while the body is being read
+_TOO_LARGE: dict[str, Any] = {"model": Problem, "description": "body too large", "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
 class _Hub:
@@ -134,9 +135,8 @@ class _Hub:
 def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY) -> FastAPI:
     store = Store.in_home(home)
     hub = _Hub()
+
     def authorised(creds: Bearer, qtoken: QueryToken) -> None:
-        if token is None:
-            return
         given = creds.credentials if creds else qtoken
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
@@ -148,9 +148,12 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
         max_body_size=max_body,
         lifespan=_closing(store),
     )
-    api = [Depends(authorised)]
+    # the schema declares auth (and its 401) exactly when it is enforced
+    api = [Depends(authorised)] if token else []
+    errors: dict[int | str, dict[str, Any]] = {401: {"model": Problem, "description": "missing or wrong token"}} if token else {}
 
-    @app.post("/api/events", dependencies=api, responses={**ERRORS, 413: {"model": Problem, "description": "body too large"}})
+    @app.post("/api/events", dependencies=api, responses={
+        **errors, 400: {"model": Problem, "description": "body is not JSON"}, 413: _TOO_LARGE})
     async def post_events(events: Annotated[IngestEvent | EventBatch, Body()]) -> IngestReply:
         """Store one event or an ordered batch; replays (same event_id) are ignored."""
         batch = events if isinstance(events, list) else [events]
@@ -160,13 +163,13 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
         last = stored[-1].seq if stored else await run_in_threadpool(store.last_seq)
         return IngestReply(accepted=len(stored), duplicates=duplicates, last_seq=last)
 
-    @app.get("/api/sessions", dependencies=api, responses=ERRORS)
+    @app.get("/api/sessions", dependencies=api, responses=errors)
     async def list_sessions() -> list[SessionSummary]:
         """Every session, most recently active first."""
         rows = await run_in_threadpool(store.sessions)
         return [SessionSummary(**vars(r)) for r in rows]
 
-    @app.get("/api/sessions/{session_id:path}/cards", dependencies=api, responses={**ERRORS, 404: {"model": Problem}})
+    @app.get("/api/sessions/{session_id:path}/cards", dependencies=api, responses={**errors, 404: {"model": Problem}})
     async def session_cards(session_id: str) -> Cards:
         """The session's cards, folded from its events, newest first."""
         events = await run_in_threadpool(store.events, session_id)
@@ -174,7 +177,7 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
             raise HTTPException(404, f"no session {session_id!r}")
         return Cards(session=session_id, last_seq=events[-1].seq, cards=[Card(**c) for c in fold(events)])
 
-    @app.get("/api/calls/{call_id:path}", dependencies=api, responses={**ERRORS, 404: {"model": Problem}})
+    @app.get("/api/calls/{call_id:path}", dependencies=api, responses={**errors, 404: {"model": Problem}})
     async def call_result(call_id: str) -> dict[str, Any]:
         """The full result envelope of a finished tool call."""
         result = await run_in_threadpool(store.result, call_id)
@@ -182,7 +185,7 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
             raise HTTPException(404, f"no result for call {call_id!r}")
         return result
 
-    @app.get("/api/sessions/{session_id:path}/stream", dependencies=api, responses=ERRORS, response_class=EventSourceResponse)
+    @app.get("/api/sessions/{session_id:path}/stream", dependencies=api, responses=errors, response_class=EventSourceResponse)
     async def session_stream(
         session_id: str,
         after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,

@@ -88,11 +88,19 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it consistent
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._conn: sqlite3.Connection | None = None
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, (re)opened on first use: an app can go through several lifespans."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL keeps it consistent
+            self._conn.execute("PRAGMA busy_timeout=5000")
+        return self._conn
 
     @classmethod
     def in_home(cls, home: Path) -> "Store":
@@ -100,7 +108,9 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def ingest(self, events: Iterable[Event]) -> tuple[list[StoredEvent], int]:
         """Append new events in order in one transaction; returns (stored, duplicates skipped)."""
