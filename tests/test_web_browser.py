@@ -50,33 +50,55 @@ def card(page: Any, call_id: str, timeout: float = 10_000) -> Any:
     return page.wait_for_selector(f'article.card[data-call-id="{call_id}"]', timeout=timeout)
 
 
-def test_a_cli_tool_call_appears_live_with_its_sync_row(server: MirrorServer, page: Any, tmp_path: Path, tiny_gpt2: dict[str, Path]) -> None:
-    server.post(tool_call("live", "earlier"))  # the session exists before the call, as in a real investigation
-    open_session(page, server, "live")
+def test_a_real_weight_diff_from_the_cli_appears_live_with_its_sync_row(server: MirrorServer, page: Any, tmp_path: Path, tiny_gpt2: dict[str, Path]) -> None:
     env = {**os.environ, "TRAINSPECT_HOME": str(tmp_path / "cli-home")}
-    run = subprocess.run(
-        [sys.executable, "-m", "toolserver.cli", "session", "start", "--id", "live", "--model", str(tiny_gpt2["base"]), "--mirror", server.url],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
-    call_id = run.stdout.rsplit("call_id ", 1)[1].split()[0]
-    node = card(page, call_id)
-    page.wait_for_selector(f'article.card[data-call-id="{call_id}"][data-status="ok"]')
+
+    def cli(*argv: str) -> str:
+        run = subprocess.run([sys.executable, "-m", "toolserver.cli", *argv, "--mirror", server.url],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.rsplit("call_id ", 1)[1].split()[0]
+
+    session_call = cli("session", "start", "--id", "live", "--model", str(tiny_gpt2["base"]))
+    open_session(page, server, "live")
+    card(page, session_call)
+    call_id = cli("weight-diff", "--checkpoint", str(tiny_gpt2["full"]), "--name", "full <b>ft</b>")
+    node = page.wait_for_selector(f'article.card[data-call-id="{call_id}"][data-status="ok"]')
     assert page.evaluate("window.__sameDocument") is True  # arrived over the stream, no reload
     assert page.eval_on_selector("#feed", "f => f.firstElementChild.dataset.callId") == call_id  # newest first
+
+    # the body is the weightDiff renderer, fed by the tool's real slim payload
+    full = server.get(f"/api/calls/{call_id}")
+    slim_layers = sorted({r["layer"] for r in full["result"]["rows"]})
+    assert node.query_selector(".wd canvas") is not None
+    bars = page.evaluate(f"""() => {{
+        const c = Chart.getChart(document.querySelector('article[data-call-id="{call_id}"] canvas'));
+        return {{labels: c.data.labels, types: c.data.datasets.map(d => d.label), first: c.data.datasets[0].data}};
+    }}""")
+    assert bars["labels"] == [f"L{n}" for n in slim_layers]
+    assert set(bars["types"]) == {r["matrix"] for r in full["result"]["rows"]}
+    q_rows = {r["layer"]: r["fro_delta"] for r in full["result"]["rows"] if r["matrix"] == bars["types"][0]}
+    assert bars["first"] == pytest.approx([q_rows[n] for n in slim_layers], rel=1e-3)
+    rank_rows = node.query_selector_all(".wd-rank tbody tr")
+    assert len(rank_rows) == len(slim_layers)
+    top = node.query_selector(".wd-top").inner_text()
+    assert full["result"]["top_changed"][0]["label"] in top
+    assert "full <b>ft</b>" in node.inner_text()  # the label is text, not markup
 
     node.query_selector("summary.sync-line").click()
     sync = node.query_selector(".sync-body")
     sync.wait_for_element_state("visible")
     line = node.query_selector("summary.sync-line").inner_text()
     assert "Invoked" in line and "Completed" in line and call_id[:10] in line
-    assert call_id in sync.inner_text() and "start_session" in sync.inner_text()
+    assert call_id in sync.inner_text() and "run_weight_diff" in sync.inner_text()
     node.query_selector(".full-btn").click()
     page.wait_for_selector(f'article[data-call-id="{call_id}"] .full-json:not([hidden])')
     assert f'"call_id": "{call_id}"' in node.query_selector(".full-json").inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
-    node.screenshot(path=str(ARTIFACTS / "web-cli-card.png"))
-    page.screenshot(path=str(ARTIFACTS / "web-page.png"))
+    node.query_selector("summary.sync-line").click()  # collapse again for a compact screenshot of the card
+    node.screenshot(path=str(ARTIFACTS / "web-weight-diff-card.png"))
+    node.query_selector("summary.sync-line").click()
+    page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
 
 
 def test_hostile_text_is_shown_as_text_and_runs_nothing(server: MirrorServer, page: Any) -> None:
@@ -173,3 +195,26 @@ def test_with_a_token_the_page_asks_for_it_and_then_works(tmp_path: Path) -> Non
         assert "token" not in page.url
         server.post(tool_call("t", "c2"))
         card(page, "c2")  # the stream authenticates too
+
+
+def test_a_real_watch_run_from_the_cli_renders_its_slim_payload(server: MirrorServer, page: Any, tmp_path: Path) -> None:
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    rows = [{"step": i, "loss": 2.5 * math.exp(-i / 60) + 0.3, "maxGrad": 40.0 if i == 50 else 1.0 + 0.01 * (i % 7)} for i in range(1, 121)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    open_session(page, server, "default")
+    env = {**os.environ, "TRAINSPECT_HOME": str(tmp_path / "cli-home")}
+    run = subprocess.run([sys.executable, "-m", "toolserver.cli", "watch", "--metrics", str(metrics), "--run", "spiky", "--mirror", server.url],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    call_id = run.stdout.rsplit("call_id ", 1)[1].split()[0]
+    node = page.wait_for_selector(f'article.card[data-call-id="{call_id}"][data-status="ok"]')
+    result = server.get(f"/api/calls/{call_id}")["result"]
+    spikes = [s for s in result["signals"] if s["type"] == "gradient_spike"]
+    assert spikes and spikes[0]["step"] == 50
+    loss, grad = node.query_selector_all("svg.spark")
+    assert len(grad.query_selector_all("line.marker")) == len(spikes)
+    feed = node.query_selector_all(".signals li")
+    assert len(feed) == len(result["signals"]) and "step 50" in feed[0].inner_text()
+    assert "spiky" in node.query_selector("h3").inner_text()
+    node.screenshot(path=str(ARTIFACTS / "web-watch-cli-card.png"))

@@ -2,9 +2,9 @@
 // by the renderer for its kind, or by the generic table renderer for kinds without one yet.
 import { clock, el, isObject, kvTable, replace, seconds, truncate, valueNode } from "./dom.js";
 import { renderWatch } from "./watch.js";
-// weightDiff renderer: added when tools/weight_diff.py lands
+import { renderWeightDiff } from "./weight_diff.js";
 
-const RENDERERS = { watch: renderWatch };
+const RENDERERS = { weightDiff: renderWeightDiff, watch: renderWatch };
 
 function basename(p) {
   return typeof p === "string" ? p.replace(/[/\\]+$/, "").split(/[/\\]/).pop() : null;
@@ -125,6 +125,7 @@ function fillSyncBody(node, card, api) {
     try {
       const full = await api.json(`/api/calls/${encodeURIComponent(card.call_id)}`);
       replace(out, JSON.stringify(full, null, 2));
+      replace(button, "Full result");
     } catch (e) {
       replace(out, `could not load the full result: ${e.message}`);
     }
