@@ -29,3 +29,17 @@ def reallogs() -> Path:
     if not REALLOGS.is_dir():
         pytest.skip("../shared/reallogs is not present")
     return REALLOGS
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny GPT-2-style base with a real full fine-tune ({step, state_dict} .pt) and a real LoRA adapter."""
+    from toolserver.tiny_models import build_base, finetune, lora_finetune
+
+    root = tmp_path_factory.mktemp("tiny-gpt2")
+    base = build_base("gpt2", root / "base")
+    return {
+        "base": base,
+        "full": finetune(base, root / "step_5.pt", steps=5, fmt="pt_step"),
+        "lora": lora_finetune(base, root / "lora", steps=5),
+    }

@@ -1,0 +1,108 @@
+"""MCP through the SDK's real client, over stdio and over streamable HTTP."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jsonschema
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+BIN = Path(sys.executable).parent / "trainspect"
+EXPECTED = {"start_session", "load_sae", "session_status", "run_weight_diff", "watch", "start_tool", "get_result"}
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "TRAINSPECT_HOME": str(home), "TRAINSPECT_MIRROR_URL": "", "HF_HUB_OFFLINE": "1"}
+
+
+async def _exercise(client: Client, models: dict[str, Path]) -> None:
+    listed = {t.name: t for t in (await client.list_tools()).tools}
+    assert EXPECTED <= set(listed)
+    for tool in listed.values():
+        assert tool.description and tool.output_schema, tool.name
+
+    started = await client.call_tool("start_session", {"id": "mcp-run", "model": str(models["base"])})
+    assert not started.is_error, started.content
+
+    progress: list[tuple[float, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, message))
+
+    result = await client.call_tool("run_weight_diff", {"checkpoint": str(models["full"]), "name": "ft"}, progress_callback=on_progress)
+    assert not result.is_error, result.content
+    structured: dict[str, Any] = result.structured_content or {}
+    jsonschema.validate(structured, listed["run_weight_diff"].output_schema)
+    assert structured["tool"] == "run_weight_diff" and structured["session"] == "mcp-run"
+    assert structured["findings"] and structured["result"]["rows"]
+    values = [v for v, _ in progress]
+    assert values and values == sorted(values)
+
+    page = await client.call_tool("get_result", {"call_id": structured["call_id"], "section": "result.rows", "limit": 2})
+    assert page.structured_content["total"] == len(structured["result"]["rows"])
+    assert len(page.structured_content["data"]) == 2
+
+    bad = await client.call_tool("run_weight_diff", {"checkpoint": "/does/not/exist.pt"})
+    assert bad.is_error and "/does/not/exist.pt" in bad.content[0].text
+
+    job = await client.call_tool("start_tool", {"tool": "run_weight_diff", "args": {"checkpoint": str(models["lora"])}})
+    call_id = job.structured_content["call_id"]
+    for _ in range(600):
+        polled = (await client.call_tool("get_result", {"call_id": call_id})).structured_content
+        if polled["status"] != "running":
+            break
+        await anyio.sleep(0.1)
+    assert polled["status"] == "done", polled
+    assert polled["data"]["result"]["mode"] == "lora"
+
+
+def test_stdio(tiny_gpt2: dict[str, Path], isolated_home: Path) -> None:
+    params = StdioServerParameters(command=str(BIN), args=["mcp", "--no-mirror"], env=_env(isolated_home))
+
+    async def main() -> None:
+        async with Client(params, read_timeout_seconds=120) as client:
+            await _exercise(client, tiny_gpt2)
+
+    anyio.run(main)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_streamable_http(tiny_gpt2: dict[str, Path], isolated_home: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN), "mcp", "--http", "--port", str(port), "--no-mirror"], env=_env(isolated_home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.2)
+
+        async def main() -> None:
+            async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=120) as client:
+                await _exercise(client, tiny_gpt2)
+
+        anyio.run(main)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_http_refuses_public_bind(isolated_home: Path) -> None:
+    proc = subprocess.run([str(BIN), "mcp", "--http", "--host", "0.0.0.0"], env=_env(isolated_home), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "refusing to serve MCP on 0.0.0.0" in proc.stderr
