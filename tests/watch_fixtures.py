@@ -1,0 +1,74 @@
+"""Helpers for the watch tests: hand-built step logs, running the tool on a file, a tiny transformer."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is not an installed package; `pytest` alone does not add the root
+    sys.path.insert(0, str(ROOT))
+
+from toolserver.registry import SilentReporter  # noqa: E402
+from tools.watch.tool import WatchInput, WatchResult, run  # noqa: E402
+
+ATTN = "model.layers.0.self_attn.q_proj"
+MLP = "model.layers.0.mlp.up_proj"
+MLP2 = "model.layers.1.mlp.down_proj"
+
+
+def zigzag(i: int, centre: float = 3.0, amp: float = 0.5) -> float:
+    """A loss that neither rises 10 times in a row nor plateaus (variance 0.25 ≫ 0.001 × 9)."""
+    return centre + amp * (-1) ** i
+
+
+def steps(n: int, *, start: int = 1, loss: Any = zigzag, max_grad: Any = None, grad_norms: Any = None,
+          epoch: float | None = None, **extra: Any) -> list[dict[str, Any]]:
+    """Rows for steps start..start+n-1; loss/max_grad/grad_norms may be constants or functions of the step."""
+    def value(f: Any, i: int) -> Any:
+        return f(i) if callable(f) else f
+
+    rows = []
+    for i in range(start, start + n):
+        row: dict[str, Any] = {"step": i, "loss": value(loss, i)}
+        if max_grad is not None:
+            row["maxGrad"] = value(max_grad, i)
+        if grad_norms is not None:
+            row["gradNorms"] = value(grad_norms, i)
+        if epoch is not None:
+            row["epoch"] = epoch
+        row.update(extra)
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any] | str], newline: str = "\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + newline)
+    return path
+
+
+def watch(path: Path, reporter: Any = None, **kw: Any) -> WatchResult:
+    return run(None, WatchInput(metrics=str(path), **kw), reporter or SilentReporter()).result
+
+
+class RecordingReporter:
+    """Keeps every progress call and live event, with the time it arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, dict[str, Any], str | None]] = []
+        self.progress_calls: list[tuple[float, str]] = []
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.progress_calls.append((fraction, message))
+
+    def emit(self, type: str, data: dict[str, Any], text: str | None = None) -> None:
+        import time
+
+        self.events.append((time.monotonic(), type, data, text))
+
+    def of(self, type: str) -> list[dict[str, Any]]:
+        return [d for _, t, d, _ in self.events if t == type]
