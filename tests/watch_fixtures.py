@@ -72,3 +72,54 @@ class RecordingReporter:
 
     def of(self, type: str) -> list[dict[str, Any]]:
         return [d for _, t, d, _ in self.events if t == type]
+
+
+# ----- a tiny transformer and a training loop ---------------------------------------------------
+VOCAB, SEQ, BATCH = 64, 16, 16
+
+
+def tiny_lm(seed: int = 0) -> Any:
+    """A 2-layer GPT-2 (d_model 32) with the framework's real module names."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg)
+
+
+def sequences(n: int, seed: int = 1) -> Any:
+    """Arithmetic progressions mod VOCAB: learnable, so a healthy run's loss falls."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, VOCAB, (n, 1), generator=g)
+    stride = torch.randint(1, 4, (n, 1), generator=g)
+    return (start + stride * torch.arange(SEQ)) % VOCAB
+
+
+def train(model: Any, logger: Any, n_steps: int, *, lr: float = 3e-3, ramp_from: int | None = None,
+          ramp: float = 1.1, stop_after_nonfinite: int = 3) -> list[Any]:
+    """AdamW on fresh batches; from `ramp_from` on the learning rate grows ×`ramp` per step (a run pushed
+    into divergence). Stops a few steps after the loss stops being finite. Returns the signals fired."""
+    import math
+
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    data = sequences(n_steps * BATCH)
+    fired, nonfinite = [], 0
+    for step in range(1, n_steps + 1):
+        if ramp_from is not None and step > ramp_from:
+            for group in opt.param_groups:
+                group["lr"] *= ramp
+        x = data[(step - 1) * BATCH: step * BATCH]
+        opt.zero_grad()
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        fired += logger.step(step, loss, opt, epoch=step / 100)
+        opt.step()
+        nonfinite += not math.isfinite(loss.item())
+        if nonfinite >= stop_after_nonfinite:
+            break
+    return fired

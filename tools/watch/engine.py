@@ -246,6 +246,11 @@ class SignalEngine:
                 f"loss has plateaued at {at}: variance over the last {cfg.plateau_window} steps is "
                 f"{ratio:.2e} of mean² (mean {mean:.4g}); healthy convergence or a stalled run"))
 
+    def dead_layers(self) -> list[str]:
+        """Layers (attention or not) currently at or past the dead streak."""
+        n = self.config.dead_streak
+        return sorted(name for streaks in (self.attn_streaks, self.layer_streaks) for name, c in streaks.items() if c >= n)
+
     # ----- persistence -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {

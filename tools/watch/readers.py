@@ -20,10 +20,9 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field, ValidationError
 
 from toolserver.registry import ToolError
-from tools.watch.snapshot import StepSnapshot
+from tools.watch.snapshot import LOSS_KEYS, StepSnapshot
 
 Format = Literal["jsonl", "trainer_state", "csv"]
-LOSS_KEYS = frozenset(StepSnapshot.model_fields["loss"].validation_alias.choices)  # type: ignore[union-attr]
 CHUNK = 8 << 20
 FORMAT_HINT = "watch reads JSONL step events, a Hugging Face trainer_state.json or a Lightning metrics.csv"
 

@@ -55,6 +55,15 @@ class StepSnapshot(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def _spellings(name: str) -> frozenset[str]:
+    alias = StepSnapshot.model_fields[name].validation_alias
+    return frozenset(alias.choices) if isinstance(alias, AliasChoices) else frozenset({name})  # type: ignore[arg-type]
+
+
+LOSS_KEYS = _spellings("loss")
+ALIAS_KEYS = frozenset(StepSnapshot.model_fields).union(*map(_spellings, StepSnapshot.model_fields))  # every known key
+
+
 class Signal(BaseModel):
     """A detector that fired: what, how bad, when, on which metric and value, against which threshold."""
 

@@ -14,7 +14,7 @@ from toolserver.registry import Finding, FollowUp, Outcome, Reporter, ToolError,
 from tools.watch.engine import EngineConfig
 from tools.watch.readers import FORMAT_HINT, Format, detect_format
 from tools.watch.snapshot import SEVERITY_RANK, Signal, StepSnapshot, severity_key
-from tools.watch.watcher import SERIES_POINTS, RunSummary, RunWatcher, load_state, save_state
+from tools.watch.watcher import SERIES_POINTS, RunSummary, RunWatcher, default_run_name, load_state, save_state
 
 POLL_S = 0.2
 LIVE_SIGNAL_CAP = 200  # live signal events per replay; the result holds the rest
@@ -77,10 +77,6 @@ class LiveOutput:
             self.signals_sent += 1
 
 
-def _default_run(path: Path) -> str:
-    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
-
-
 def _wait_for_file(path: Path, args: WatchInput) -> bool:
     """Follow mode may start before the training script has written anything."""
     start = time.monotonic()
@@ -135,7 +131,7 @@ def _follow(watcher: RunWatcher, live: LiveOutput, args: WatchInput) -> tuple[in
 def run(session: Session | None, args: WatchInput, reporter: Reporter) -> Outcome[WatchResult]:
     path = Path(args.metrics).expanduser()
     config = EngineConfig.model_validate(args.model_dump(include=set(EngineConfig.model_fields)))
-    run_name = args.run or _default_run(path)
+    run_name = args.run or default_run_name(path)
     if args.follow:
         reporter.emit("training.watch.follow", {"run": run_name, "metrics": str(path.resolve())},
                       text=f"following {path} (Ctrl-C to stop)")

@@ -141,6 +141,11 @@ class SeriesSampler:
                 "counts": self.counts, "width": [self.width]}
 
 
+def default_run_name(path: Path) -> str:
+    """`run/metrics.jsonl` → `run/metrics`: the folder usually names the run."""
+    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+
+
 def _fingerprint(path: Path, length: int) -> str:
     with open(path, "rb") as f:
         return hashlib.sha1(f.read(length)).hexdigest()

@@ -1,0 +1,190 @@
+"""Emitters: per-module grad norms against a direct computation, line-atomic JSONL under a concurrent
+reader, and the mirror path — never blocking training when the mirror is down or stalls, and
+delivering step and signal events to a real running mirror."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from torch import nn
+from watch_fixtures import tiny_lm
+
+from tools.watch import StepLogger
+from tools.watch.emitters import GradNormMeter
+from tools.watch.readers import JsonlReader
+from tools.watch.snapshot import StepSnapshot
+
+BIN = Path(sys.executable).parent / "trainspect"
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.block = nn.ModuleDict({"attn": nn.Linear(8, 8), "mlp": nn.Linear(8, 8), "unused": nn.Linear(8, 8)})
+        self.frozen = nn.Linear(8, 8)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(8, 10, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        self.scale = nn.Parameter(torch.tensor(2.0))  # owned by the root module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        h = self.block["mlp"](torch.relu(self.block["attn"](h))) * self.scale
+        return self.head(self.frozen(h))
+
+
+def test_grad_norms_per_module_match_a_direct_computation() -> None:
+    torch.manual_seed(0)
+    net = Net()
+    net(torch.randint(0, 10, (4, 5))).square().mean().backward()
+    norms, max_grad = GradNormMeter(net).measure()
+    assert set(norms) == {"Net", "embed", "block.attn", "block.mlp", "block.unused"}  # frozen: not reported
+
+    def direct(*params: torch.Tensor) -> float:
+        return math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params if p.grad is not None))
+
+    assert norms["block.attn"] == pytest.approx(direct(net.block["attn"].weight, net.block["attn"].bias), rel=1e-5)
+    assert norms["embed"] == pytest.approx(direct(net.embed.weight), rel=1e-5)  # tied head counted once, here
+    assert norms["Net"] == pytest.approx(abs(float(net.scale.grad)), rel=1e-5)
+    assert norms["block.unused"] == 0.0  # trainable but no gradient reached it: a dead path
+    every = [p for p in net.parameters() if p.grad is not None]
+    assert max_grad == pytest.approx(max(direct(p) for p in every), rel=1e-5)
+
+
+def test_before_any_backward_norms_are_zero_and_max_unknown() -> None:
+    norms, max_grad = GradNormMeter(Net()).measure()
+    assert max_grad is None and set(norms.values()) == {0.0}
+
+
+def test_jsonl_lines_are_whole_for_a_concurrent_reader(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    names = [f"model.layers.{i}.mlp.down_proj" for i in range(300)]  # ~12 KB lines
+    log = StepLogger(path=path)
+    seen, bad, done = [], [], threading.Event()
+
+    def tail() -> None:
+        reader = JsonlReader(path)
+        while not done.is_set() or reader.pending():
+            batch = reader.read(final=False)
+            seen.extend(s.step for _, s in batch.snapshots)
+            bad.extend(batch.bad)
+
+    thread = threading.Thread(target=tail)
+    thread.start()
+    for step in range(1, 1001):
+        log.record(StepSnapshot(step=step, loss=1.0 + step % 7, grad_norms=dict.fromkeys(names, 0.5)))
+    done.set()
+    thread.join(timeout=30)
+    log.close()
+    reader = JsonlReader(path)
+    seen += [s.step for _, s in reader.read(final=True).snapshots if s.step > (seen[-1] if seen else 0)]
+    assert not bad and seen == list(range(1, 1001))
+
+
+def test_new_logger_truncates_unless_appending(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    model = tiny_lm()
+    x = torch.randint(0, 64, (2, 8))
+    for append, start, expected in ((False, 1, 2), (False, 1, 2), (True, 3, 4)):
+        with StepLogger(model, path=path, append=append) as log:
+            for step in (start, start + 1):
+                model.zero_grad()
+                model(input_ids=x, labels=x).loss.backward()
+                log.step(step, 1.0)
+        assert len(path.read_text().splitlines()) == expected
+
+
+class StalledClient:
+    """A MirrorClient whose every send blocks, like a black-holed mirror."""
+
+    sent: list = []
+
+    def __init__(self, url: str, **kw: object) -> None:
+        pass
+
+    def send(self, event: object) -> None:
+        time.sleep(0.5)
+        StalledClient.sent.append(event)
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_stalled_mirror_never_blocks_the_training_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import web_mirror.client
+
+    monkeypatch.setattr(web_mirror.client, "MirrorClient", StalledClient)
+    log = StepLogger(url="http://10.255.255.1:9", run="stalled")
+    longest = 0.0
+    for step in range(1, 41):
+        t = time.perf_counter()
+        log.record(StepSnapshot(step=step, loss=2.0, max_grad=50.0 if step == 30 else 1.0))
+        longest = max(longest, time.perf_counter() - t)
+    t = time.perf_counter()
+    log.close()
+    assert longest < 0.25  # each send takes 0.5 s in the background; the loop never waits for one
+    assert time.perf_counter() - t < 5.0  # close gives up after its timeouts instead of hanging
+
+
+def test_mirror_down_spools_and_raises_nothing(tmp_path: Path, isolated_home: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    model = tiny_lm()
+    x = torch.randint(0, 64, (2, 8))
+    with StepLogger(model, url=f"http://127.0.0.1:{port}", run="offline") as log:
+        for step in range(1, 6):
+            model.zero_grad()
+            loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            log.step(step, loss)
+    spooled = "".join(p.read_text() for p in (isolated_home / "spool").glob("*.jsonl"))
+    assert spooled.count('"training.watch.step"') == 5 and '"training.watch.summary"' in spooled
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_steps_and_signals_reach_a_running_mirror(tmp_path: Path, isolated_home: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "TRAINSPECT_HOME": str(isolated_home)}
+    server = subprocess.Popen([str(BIN), "web", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/api/sessions", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline and server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.2)
+        with StepLogger(url=url, run="live-run", session="watch-e2e") as log:
+            for step in range(1, 41):
+                log.record(StepSnapshot(step=step, loss=3.0 + 0.5 * (-1) ** step, max_grad=40.0 if step == 30 else 1.0))
+        cards = httpx.get(f"{url}/api/sessions/watch-e2e/cards", timeout=5).json()["cards"]
+        (card,) = [c for c in cards if c["call_id"] == "live-run"]
+        watch = card["watch"]
+        assert [s["step"] for s in watch["steps"]] == list(range(1, 41))
+        assert [(s["type"], s["step"]) for s in watch["signals"]] == [("gradient_spike", 30)]
+        assert watch["summary"]["steps_seen"] == 40
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
