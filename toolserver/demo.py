@@ -1,0 +1,125 @@
+"""`make demo`: the main job end to end on a tiny bundled model.
+
+Builds a tiny GPT-2-style base, a real full fine-tune and a real LoRA adapter, starts the web mirror in
+the background (or reuses one already serving), starts a session, runs weight-diff on both checkpoints
+and watch on a real training log, printing readable tables — the same cards appear in the page.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+DEMO = Path(os.environ.get("TRAINSPECT_DEMO_DIR", ".demo")).resolve()
+PORT = int(os.environ.get("TRAINSPECT_DEMO_PORT", "8002"))
+URL = f"http://127.0.0.1:{PORT}"
+
+
+def _mirror_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/api/sessions", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_mirror(home: Path) -> None:
+    """Start `trainspect web` detached so the page outlives this command."""
+    if _mirror_up(URL):
+        print(f"web mirror already serving at {URL}")
+        return
+    log = open(DEMO / "web.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolserver.cli", "web", "--port", str(PORT)],
+        env={**os.environ, "TRAINSPECT_HOME": str(home)}, stdout=log, stderr=log, start_new_session=True,
+    )
+    (DEMO / "web.pid").write_text(str(proc.pid))
+    for _ in range(100):
+        if _mirror_up(URL):
+            return
+        if proc.poll() is not None:
+            raise SystemExit(f"the web mirror exited at start; see {DEMO / 'web.log'}")
+        time.sleep(0.1)
+    raise SystemExit(f"the web mirror did not answer on {URL}; see {DEMO / 'web.log'}")
+
+
+def build_models() -> tuple[Path, Path, Path]:
+    from toolserver.tiny_models import build_base, finetune, lora_finetune
+
+    base = DEMO / "models" / "tiny-gpt2"
+    full = DEMO / "checkpoints" / "step_40.pt"
+    lora = DEMO / "checkpoints" / "lora-adapter"
+    if not (base / "config.json").exists():
+        build_base("gpt2", base)
+    if not full.exists():
+        finetune(base, full, steps=40, fmt="pt_step")
+    if not (lora / "adapter_config.json").exists():
+        lora_finetune(base, lora, steps=40)
+    return base, full, lora
+
+
+def record_training_log(base: Path, steps: int = 240, ramp_from: int = 100, ramp: float = 1.04) -> Path:
+    """A real short training run logged with StepLogger, for the watch card: healthy at first, then
+    the learning rate grows ×1.04 per step so the engine has something to say."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolserver.tiny_models import CORPUS
+    from tools.watch import StepLogger
+
+    path = DEMO / "run" / "metrics.jsonl"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    batch = tok(CORPUS.splitlines()[:8], return_tensors="pt", padding=True, truncation=True, max_length=32)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    log = StepLogger(model, path=path)
+    for step in range(1, steps + 1):
+        if step > ramp_from:
+            for group in optimizer.param_groups:
+                group["lr"] *= ramp
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        log.step(step, loss, optimizer, epoch=step // 40)
+        optimizer.step()
+    log.close()
+    return path
+
+
+def main() -> None:
+    DEMO.mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ.get("TRAINSPECT_HOME") or DEMO / "home")
+    os.environ["TRAINSPECT_HOME"] = str(home)
+    os.environ["TRAINSPECT_MIRROR_URL"] = URL
+    print("building a tiny GPT-2-style model, a real fine-tune and a real LoRA adapter …")
+    base, full, lora = build_models()
+    metrics = record_training_log(base)
+    start_mirror(home)
+
+    from toolserver.cli import main as cli
+
+    steps = [
+        ["session", "start", "--id", "demo", "--model", str(base)],
+        ["weight-diff", "--checkpoint", str(full), "--name", "full-ft"],
+        ["weight-diff", "--checkpoint", str(lora), "--name", "lora"],
+        ["watch", "--metrics", str(metrics), "--run", "demo-run"],
+        ["session", "status"],
+    ]
+    for argv in steps:
+        print(f"\n$ trainspect {' '.join(argv)}")
+        code = cli(argv)
+        if code != 0:
+            raise SystemExit(code)
+    print(f"\nweb mirror: {URL}  (session 'demo'; stop it with: kill $(cat {DEMO / 'web.pid'}))")
+
+
+if __name__ == "__main__":
+    main()
