@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from watch_fixtures import sequences, tiny_lm, watch
+from watch_fixtures import one_thread, sequences, tiny_lm, watch
 
 from tools.watch import TrainspectCallback
 
@@ -33,13 +33,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = TrainingArguments(output_dir=str(root / "out"), max_steps=40, logging_steps=1, per_device_train_batch_size=8,
                              learning_rate=3e-3, max_grad_norm=1.0, save_strategy="no", report_to=[], use_cpu=True,
                              disable_tqdm=True, dataloader_num_workers=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         Trainer(model=model, args=args, train_dataset=Rows(320),
                 callbacks=[TrainspectCallback(path=root / "metrics.jsonl", run="hf-run")]).train()
-    finally:
-        torch.set_num_threads(threads)
     return root / "metrics.jsonl"
 
 

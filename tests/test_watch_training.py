@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from watch_fixtures import tiny_lm, train, watch
+from watch_fixtures import one_thread, tiny_lm, train, watch
 
 from tools.watch import StepLogger
 
@@ -18,17 +17,14 @@ BLOCKED = "transformer.h.1.mlp.c_fc"
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list]]:
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small only loses time to thread contention
     broken = tiny_lm()
     # block the gradient path into one MLP layer: its output is detached, so it never learns
     broken.transformer.h[1].mlp.c_fc.register_forward_hook(lambda module, args, output: output.detach())
-    with StepLogger(broken, path=root / "broken" / "metrics.jsonl") as log:
+    with one_thread(), StepLogger(broken, path=root / "broken" / "metrics.jsonl") as log:
         out["broken"] = (root / "broken" / "metrics.jsonl", train(broken, log, 300, ramp_from=150))
     healthy = tiny_lm()
-    with StepLogger(healthy, path=root / "healthy" / "metrics.jsonl") as log:
+    with one_thread(), StepLogger(healthy, path=root / "healthy" / "metrics.jsonl") as log:
         out["healthy"] = (root / "healthy" / "metrics.jsonl", train(healthy, log, 300))
-    torch.set_num_threads(threads)
     return out
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is not an installed package; `pytest` alone does not add the root
@@ -76,6 +77,19 @@ class RecordingReporter:
 
 # ----- a tiny transformer and a training loop ---------------------------------------------------
 VOCAB, SEQ, BATCH = 64, 16, 16
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """A model this small only loses time to thread contention on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tiny_lm(seed: int = 0) -> Any:

@@ -17,11 +17,12 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from tools.watch.analysis_checkpoint import AnalysisConfig, AnalysisRecorder, scheduled
 from tools.watch.engine import EngineConfig, SignalEngine
 from tools.watch.snapshot import Signal, StepSnapshot
 from tools.watch.watcher import RunSummary, default_run_name
@@ -36,35 +37,45 @@ class GradNormMeter:
     def __init__(self, model: nn.Module) -> None:
         seen: set[int] = set()
         self.params: list[nn.Parameter] = []
-        self.names: list[str] = []
+        self.param_names: list[str] = []
+        self.names: list[str] = []  # modules
         owners: list[int] = []
         for name, module in model.named_modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+            own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and id(p) not in seen]
             if not own:
                 continue
-            seen.update(id(p) for p in own)  # a tied weight counts once, under its first owner
+            seen.update(id(p) for _, p in own)  # a tied weight counts once, under its first owner
             owners += [len(self.names)] * len(own)
             self.names.append(name or type(module).__name__)
-            self.params += own
+            self.param_names += [f"{name}.{n}" if name else n for n, _ in own]
+            self.params += [p for _, p in own]
         self.owner = torch.tensor(owners, dtype=torch.long)
 
-    def measure(self) -> tuple[dict[str, float], float | None]:
-        """(module name → grad norm, max per-parameter grad norm); None when no gradient exists yet."""
+    def param_norms(self) -> torch.Tensor | None:
+        """Per-parameter grad norms on the CPU (0 for a parameter without a gradient); None before any backward."""
         grads = [p.grad for p in self.params]
         present = [i for i, g in enumerate(grads) if g is not None]
         if not present:
-            return dict.fromkeys(self.names, 0.0), None
+            return None
         found = torch._foreach_norm([grads[i] for i in present])  # the fused kernel clip_grad_norm_ uses
         device = found[0].device
         stacked = torch.stack([n.to(device, torch.float32) for n in found]).cpu()
         if len(present) == len(grads):
-            norms = stacked
-        else:
-            norms = torch.zeros(len(grads))
-            norms[present] = stacked
+            return stacked
+        norms = torch.zeros(len(grads))
+        norms[present] = stacked
+        return norms
+
+    def group(self, norms: torch.Tensor | None) -> tuple[dict[str, float], float | None]:
+        """(module name → grad norm, max per-parameter grad norm) from per-parameter norms."""
+        if norms is None:
+            return dict.fromkeys(self.names, 0.0), None
         per_module = torch.zeros(len(self.names)).index_add_(0, self.owner, norms.square()).sqrt()
         values = torch.cat([per_module, norms.max().reshape(1)]).tolist()
         return dict(zip(self.names, values)), values[-1]
+
+    def measure(self) -> tuple[dict[str, float], float | None]:
+        return self.group(self.param_norms())
 
 
 class JsonlSink:
@@ -134,16 +145,24 @@ class StepLogger:
     """Logs one training step per `step()` call: loss, learning rate, per-module grad norms, maxGrad,
     deadLayers, epoch and any extra numbers; runs the signal engine on it and returns what fired.
 
-    path    JSONL file (truncated at start unless append=True, e.g. for a resumed run)
-    url     web mirror URL: `training.watch.step` / `.signal` / `.summary` events for run `run`
+    path          JSONL file (truncated at start unless append=True, e.g. for a resumed run)
+    url           web mirror URL: `training.watch.step` / `.signal` / `.summary` events for run `run`
+    analysis_dir  also write analysis checkpoints there (see analysis_checkpoint.py); activations are
+                  captured on scheduled steps when step() is called once per step with consecutive steps
     """
 
     def __init__(self, model: nn.Module | None = None, *, path: str | Path | None = None, url: str | None = None,
                  run: str | None = None, session: str | None = None, token: str | None = None,
-                 config: EngineConfig | None = None, append: bool = False) -> None:
-        if path is None and url is None:
-            raise ValueError("StepLogger needs path= (a JSONL file), url= (the web mirror) or both")
+                 config: EngineConfig | None = None, append: bool = False,
+                 analysis_dir: str | Path | None = None, analysis: AnalysisConfig | None = None) -> None:
+        if path is None and url is None and analysis_dir is None:
+            raise ValueError("StepLogger needs path= (a JSONL file), url= (the web mirror) or analysis_dir=")
+        if analysis_dir is not None and model is None:
+            raise ValueError("analysis checkpoints need the model")
         self.meter = GradNormMeter(model) if model is not None else None
+        self.analysis = AnalysisRecorder(model, analysis_dir, analysis) if model is not None and analysis_dir is not None else None
+        if self.analysis is not None:
+            self.analysis.arm()  # the first step may be a scheduled one
         self.engine = SignalEngine(config)
         self.summary = RunSummary()
         self.run = run or (default_run_name(Path(path)) if path is not None else f"run-{os.getpid()}")
@@ -154,15 +173,23 @@ class StepLogger:
             self.mirror = MirrorSink(url, run=self.run, session=sess, token=token or os.environ.get("TRAINSPECT_MIRROR_TOKEN"))
 
     def step(self, step: int, loss: float | torch.Tensor, optimizer: torch.optim.Optimizer | None = None, *,
-             epoch: float | None = None, learning_rate: float | None = None, **extra: float) -> list[Signal]:
-        """Call after backward() and before optimizer.step() (the gradients are read here)."""
+             epoch: float | None = None, learning_rate: float | None = None,
+             attentions: Sequence[torch.Tensor] | None = None, **extra: float) -> list[Signal]:
+        """Call after backward() and before optimizer.step() (the gradients are read here). `attentions`
+        (e.g. a Hugging Face model's outputs.attentions) feed attention entropy in analysis checkpoints."""
         if learning_rate is None and optimizer is not None:
             learning_rate = float(optimizer.param_groups[0]["lr"])
-        norms, max_grad = self.meter.measure() if self.meter is not None else (None, None)
+        param_norms = self.meter.param_norms() if self.meter is not None else None
+        norms, max_grad = self.meter.group(param_norms) if self.meter is not None else (None, None)
         loss_value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         snap = StepSnapshot(step=step, loss=loss_value, learning_rate=learning_rate, max_grad=max_grad,
                             grad_norms=norms, epoch=epoch, **extra)
-        return self.record(snap)
+        signals = self.record(snap)
+        if self.analysis is not None:
+            self.analysis.record(step, loss_value, param_norms, attentions=attentions)
+            if scheduled(step + 1):
+                self.analysis.arm()
+        return signals
 
     def record(self, snap: StepSnapshot) -> list[Signal]:
         """Log an already-built snapshot (the Hugging Face callback's path)."""

@@ -1,0 +1,291 @@
+"""Analysis checkpoints: dense, small snapshots of a model's insides during training — per-tensor
+statistics, histograms and sampled 32×32 grids of weights and gradients, activation statistics,
+attention entropy per head — written on a logarithmic cadence plus when something looks wrong.
+
+Cadence: every 10 steps up to 100, every 50 up to 1000, every 200 up to 10000, then every 1000.
+Triggers (each on its rising edge, so a lasting condition writes one extra checkpoint, not one per
+step): loss above `loss_spike_ratio` × the mean of the previous `loss_window` losses; global grad norm
+above `grad_norm_threshold`; a trainable parameter newly at a grad norm below `dead_param_norm`.
+
+Sizes: floats keep 4 significant digits; histograms are `bins` counts over [lo, hi]; percentiles of a
+tensor larger than `sample_size` come from an evenly strided sample of that size (mean, std, min, max
+and the histogram always use every element); grids are stored for at most `max_grids` weight
+matrices spread across depth. A 0.5B-parameter model comes to about 200 KB (bench/watch.py).
+The file carries `schema_version`; readers refuse any version they do not know.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, Field, ValidationError
+from torch import nn
+
+from session.state import now_iso
+from toolserver.registry import ToolError
+
+SCHEMA_VERSION = "trainspect.analysis.v1"
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+GRID = 32
+DEFAULT_ACTIVATION_REGEX = r"(^|\.)(h|layers|blocks|layer)\.\d+(\.(attn|self_attn|attention|mlp))?$"
+Reason = Literal["scheduled", "loss_spike", "grad_norm", "dead_param"]
+
+
+class AnalysisConfig(BaseModel):
+    bins: int = Field(32, ge=2, description="histogram bins")
+    sample_size: int = Field(1 << 18, ge=1024, description="elements sampled for percentiles of large tensors")
+    max_grids: int = Field(6, ge=0, description="weight matrices that get a sampled 32×32 grid")
+    activation_regex: str = Field(DEFAULT_ACTIVATION_REGEX, description="modules whose outputs are summarised")
+    loss_spike_ratio: float = Field(2.0, gt=1, description="trigger: loss > ratio × moving average")
+    loss_window: int = Field(20, ge=2, description="losses in that moving average")
+    grad_norm_threshold: float = Field(10.0, gt=0, description="trigger: global grad norm above this")
+    dead_param_norm: float = Field(1e-10, ge=0, description="trigger: a trainable parameter's grad norm below this")
+
+
+class Histogram(BaseModel):
+    lo: float
+    hi: float
+    counts: list[int] = Field(description="equal-width bins over [lo, hi]")
+
+
+class TensorStats(BaseModel):
+    shape: list[int]
+    mean: float
+    std: float
+    min: float
+    max: float
+    norm: float = Field(description="L2 norm")
+    percentiles: list[float] = Field(description=f"at {list(PERCENTILES)}")
+    histogram: Histogram
+    grid: list[list[float]] | None = Field(None, description="evenly spaced rows × columns, at most 32×32")
+
+
+class ActivationStats(BaseModel):
+    shape: list[int]
+    mean: float
+    std: float
+    min: float
+    max: float
+    sparsity: float = Field(description="fraction of elements with |x| <= 1e-6")
+
+
+class AttentionStats(BaseModel):
+    entropy_per_head: list[float] = Field(description="mean over batch and queries of −Σ p log p (nats)")
+    max_attn_per_head: list[float] = Field(description="mean over batch and queries of the largest weight")
+    grid_per_head: list[list[list[float]]] = Field(description="first sequence's pattern per head, sampled to at most 32×32")
+
+
+class AnalysisCheckpoint(BaseModel):
+    schema_version: Literal["trainspect.analysis.v1"] = SCHEMA_VERSION
+    step: int
+    loss: float | None
+    reasons: list[Reason]
+    created_at: str = Field(default_factory=now_iso)
+    n_params: int
+    weights: dict[str, TensorStats]
+    gradients: dict[str, TensorStats]
+    activations: dict[str, ActivationStats] = Field(default_factory=dict)
+    attention: dict[str, AttentionStats] = Field(default_factory=dict)
+
+
+def _r(x: float) -> float:
+    """4 significant digits: what a dashboard shows, a fraction of the bytes."""
+    return float(f"{x:.4g}") if math.isfinite(x) else x
+
+
+def _index(n: int, k: int) -> torch.Tensor:
+    return torch.linspace(0, n - 1, min(n, k)).round().long()
+
+
+def sampled_grid(t: torch.Tensor, size: int = GRID) -> list[list[float]]:
+    """Evenly spaced rows and columns of the tensor viewed as (first dim, rest)."""
+    m = t.detach().reshape(t.shape[0], -1) if t.dim() > 1 else t.detach().reshape(1, -1)
+    rows, cols = _index(m.shape[0], size), _index(m.shape[1], size)
+    return [[_r(v) for v in row] for row in m[rows][:, cols].float().tolist()]
+
+
+def tensor_stats(t: torch.Tensor, cfg: AnalysisConfig, *, grid: bool = False) -> TensorStats:
+    flat = t.detach().reshape(-1).float()
+    lo, hi = flat.min(), flat.max()
+    mean, std, norm = flat.mean(), flat.std(correction=0), torch.linalg.vector_norm(flat)
+    sample = flat if flat.numel() <= cfg.sample_size else flat[_index(flat.numel(), cfg.sample_size)]
+    q = torch.quantile(sample, torch.tensor(PERCENTILES, dtype=torch.float32) / 100)
+    counts = torch.histc(flat, bins=cfg.bins, min=float(lo), max=float(hi)) if hi > lo else None
+    scalars = torch.stack([mean, std, lo, hi, norm]).tolist()
+    if counts is None:  # a constant tensor: everything in the first bin
+        count_list = [flat.numel()] + [0] * (cfg.bins - 1)
+    else:
+        count_list = [int(c) for c in counts.tolist()]
+    return TensorStats(
+        shape=list(t.shape), mean=_r(scalars[0]), std=_r(scalars[1]), min=_r(scalars[2]), max=_r(scalars[3]),
+        norm=_r(scalars[4]), percentiles=[_r(v) for v in q.tolist()],
+        histogram=Histogram(lo=_r(scalars[2]), hi=_r(scalars[3]), counts=count_list),
+        grid=sampled_grid(t) if grid else None,
+    )
+
+
+def activation_stats(t: torch.Tensor) -> ActivationStats:
+    flat = t.detach().reshape(-1).float()
+    values = torch.stack([flat.mean(), flat.std(correction=0), flat.min(), flat.max(),
+                          (flat.abs() <= 1e-6).float().mean()]).tolist()
+    return ActivationStats(shape=list(t.shape), mean=_r(values[0]), std=_r(values[1]), min=_r(values[2]),
+                           max=_r(values[3]), sparsity=_r(values[4]))
+
+
+def attention_stats(pattern: torch.Tensor) -> AttentionStats:
+    """From a [batch, heads, queries, keys] pattern. Rows are renormalised (attention dropout in train
+    mode leaves rows that do not sum to 1); all-zero rows are ignored."""
+    p = pattern.detach().float()
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+    entropy = -torch.special.xlogy(p, p).sum(-1)  # [batch, heads, queries]
+    peak = p.max(-1).values
+    ent, top = entropy.mean(dim=(0, 2)).tolist(), peak.mean(dim=(0, 2)).tolist()
+    return AttentionStats(entropy_per_head=[_r(v) for v in ent], max_attn_per_head=[_r(v) for v in top],
+                          grid_per_head=[sampled_grid(p[0, h]) for h in range(p.shape[1])])
+
+
+def scheduled(step: int) -> bool:
+    """The logarithmic cadence."""
+    every = 10 if step <= 100 else 50 if step <= 1000 else 200 if step <= 10_000 else 1000
+    return step % every == 0
+
+
+class Triggers:
+    """Rising-edge event triggers over the loss, the global grad norm and per-parameter grad norms."""
+
+    def __init__(self, cfg: AnalysisConfig) -> None:
+        self.cfg = cfg
+        self._losses: deque[float] = deque(maxlen=cfg.loss_window)
+        self._spiking = self._over = False
+        self._dead: set[int] = set()
+
+    def check(self, loss: float | None, param_norms: torch.Tensor | None) -> list[Reason]:
+        cfg, out = self.cfg, []
+        if loss is not None and math.isfinite(loss):
+            full = len(self._losses) == cfg.loss_window
+            spiking = full and loss > cfg.loss_spike_ratio * (sum(self._losses) / len(self._losses))
+            if spiking and not self._spiking:
+                out.append("loss_spike")
+            self._spiking = spiking
+            self._losses.append(loss)
+        if param_norms is not None:
+            total = float(torch.linalg.vector_norm(param_norms))
+            over = total > cfg.grad_norm_threshold
+            if over and not self._over:
+                out.append("grad_norm")
+            self._over = over
+            dead = set((param_norms < cfg.dead_param_norm).nonzero().flatten().tolist())
+            if dead - self._dead:
+                out.append("dead_param")
+            self._dead = dead
+        return out  # type: ignore[return-value]
+
+
+class AnalysisRecorder:
+    """Writes `analysis_{step:08d}.json` files into `out_dir`.
+
+    arm()     before a forward pass whose step may be recorded: hooks summarise the outputs of modules
+              matching `activation_regex` and any TransformerLens `hook_pattern` (attention patterns)
+    record()  after backward: writes a checkpoint if the step is scheduled or a trigger fired
+    """
+
+    def __init__(self, model: nn.Module, out_dir: str | Path, config: AnalysisConfig | None = None) -> None:
+        self.model, self.out_dir = model, Path(out_dir)
+        self.cfg = cfg = config or AnalysisConfig()
+        self.triggers = Triggers(cfg)
+        self._act_re = re.compile(cfg.activation_regex)
+        self._hooks: list[Any] = []
+        self._activations: dict[str, ActivationStats] = {}
+        self._patterns: dict[str, AttentionStats] = {}
+        params = [(n, p) for n, p in model.named_parameters()]
+        matrices = [n for n, p in params if p.dim() >= 2]
+        picks = {matrices[i] for i in _index(len(matrices), cfg.max_grids).tolist()} if matrices and cfg.max_grids else set()
+        self._grid_names = picks
+        self.written: list[Path] = []
+
+    def arm(self) -> None:
+        if self._hooks:
+            return
+        for name, module in self.model.named_modules():
+            if name.endswith("hook_pattern"):
+                self._hooks.append(module.register_forward_hook(self._pattern_hook(name.rsplit(".", 1)[0])))
+            elif name and self._act_re.search(name):
+                self._hooks.append(module.register_forward_hook(self._activation_hook(name)))
+
+    def _activation_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(out, torch.Tensor):
+                with torch.no_grad():
+                    self._activations[name] = activation_stats(out)
+        return hook
+
+    def _pattern_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            with torch.no_grad():
+                self._patterns[name] = attention_stats(output)
+        return hook
+
+    def disarm(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def record(self, step: int, loss: float | None, param_norms: torch.Tensor | None = None, *,
+               attentions: Sequence[torch.Tensor] | None = None) -> Path | None:
+        """Write a checkpoint for this step if due. `attentions`: per-layer patterns, e.g. a Hugging Face
+        model's `outputs.attentions` (run it with output_attentions=True)."""
+        reasons: list[Reason] = (["scheduled"] if scheduled(step) else []) + self.triggers.check(loss, param_norms)
+        activations, patterns = self._activations, self._patterns
+        self._activations, self._patterns = {}, {}
+        self.disarm()
+        if not reasons:
+            return None
+        for i, pattern in enumerate(attentions or ()):
+            patterns[f"layer.{i}"] = attention_stats(pattern)
+        with torch.no_grad():
+            named = list(self.model.named_parameters())
+            checkpoint = AnalysisCheckpoint(
+                step=step, loss=loss if loss is None or math.isfinite(loss) else None, reasons=reasons,
+                n_params=sum(p.numel() for _, p in named),
+                weights={n: tensor_stats(p, self.cfg, grid=n in self._grid_names) for n, p in named},
+                gradients={n: tensor_stats(p.grad, self.cfg) for n, p in named if p.grad is not None},
+                activations=activations, attention=patterns,
+            )
+        return self._write(checkpoint)
+
+    def _write(self, checkpoint: AnalysisCheckpoint) -> Path:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"analysis_{checkpoint.step:08d}.json"
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".analysis.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(checkpoint.model_dump_json())
+        os.replace(tmp, path)
+        self.written.append(path)
+        return path
+
+
+def read_analysis_checkpoint(path: str | Path) -> AnalysisCheckpoint:
+    """Load one checkpoint, refusing schema versions this code does not know."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ToolError(f"cannot read analysis checkpoint {path}: {e}", "expected an analysis_*.json file") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ToolError(f"analysis checkpoint {path} has schema_version {version!r}; this trainspect reads {SCHEMA_VERSION!r}",
+                        "re-record it with this version of trainspect, or read it with the version that wrote it")
+    try:
+        return AnalysisCheckpoint.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ToolError(f"analysis checkpoint {path} is malformed at {where}: {err['msg']}", "re-record it") from None
