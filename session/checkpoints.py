@@ -7,8 +7,11 @@ safetensors through safe_open and zip-format torch files through mmap, so an unt
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -134,6 +137,24 @@ def _open_file(path: Path) -> _SafetensorsFile | _TorchFile:
                     "expected .pt/.bin, .safetensors, a save_pretrained directory or a PEFT adapter directory")
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_MADV_WILLNEED = 3
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def will_need(tensor: torch.Tensor) -> None:
+    """Ask the kernel to read ahead the pages behind a (file-mapped, contiguous) tensor; harmless otherwise.
+
+    Lets the disk fetch the next tensor while the current one is being computed on.
+    """
+    if _LIBC is None or not tensor.is_contiguous() or tensor.numel() == 0:
+        return
+    start = tensor.data_ptr()
+    aligned = start - start % _PAGE
+    _LIBC.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(start + tensor.numel() * tensor.element_size() - aligned),
+                  _MADV_WILLNEED)
+
+
 def path_key(path: Path, key: str) -> str:
     return f"{path}[{key}]"
 
@@ -173,6 +194,11 @@ class CheckpointReader:
     def get(self, key: str) -> torch.Tensor:
         source, raw = self._entry(key)
         return source.tensor(raw)
+
+    def prefetch(self, key: str) -> None:
+        """Start reading a tensor's pages in the background (madvise WILLNEED on its file mapping)."""
+        if key in self._index:
+            will_need(self.get(key))
 
     def raw_key(self, key: str) -> str:
         return self._entry(key)[1]

@@ -80,9 +80,10 @@ def test_chunked_delta_operator_matches_dense(monkeypatch: pytest.MonkeyPatch) -
     old, new = torch.randn(513, 96, generator=g).bfloat16(), torch.randn(513, 96, generator=g)
     monkeypatch.setattr(compute, "CHUNK_ELEMENTS", 96 * 50)  # 11 row chunks
     op = compute.DeltaOperator(old, new, cols=(32, 64))
-    assert op._dense is None
+    assert op._kept is None  # every row changed: recomputed chunk by chunk
     ref = dense_reference((new - old.float())[:, 32:64], old.float()[:, 32:64])
-    assert op.fro() == pytest.approx(ref["fro"], rel=1e-6)
+    assert op.fro == pytest.approx(ref["fro"], rel=1e-6)
+    assert op.base_fro == pytest.approx(float(old.double()[:, 32:64].norm()), rel=1e-6)
     assert sigma_max(op) == pytest.approx(ref["sigma"], rel=RTOL)
 
 

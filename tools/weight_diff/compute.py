@@ -22,44 +22,58 @@ CHUNK_ELEMENTS = 1 << 24  # ΔW is formed at most 16M float32 values (64 MB) at 
 _SAMPLE = 20
 
 
-def _delta(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """new − old in float32 as a fresh tensor (the inputs may be read-only file mappings)."""
-    return new.to(torch.float32, copy=True).sub_(old)
+def _delta_and_norms(new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """ΔW = new − old in float32 as a fresh tensor (the inputs may be read-only file mappings), ‖ΔW‖², ‖old‖²."""
+    old32 = old.to(torch.float32)
+    delta = new.to(torch.float32, copy=True).sub_(old32)
+    return delta, float(torch.linalg.vector_norm(delta)) ** 2, float(torch.linalg.vector_norm(old32)) ** 2
 
 
 class DeltaOperator:
-    """ΔW = new − old (optionally a column range), materialised once if small, else recomputed per row chunk."""
+    """ΔW = new − old (optionally a column range) with its Frobenius norm and the base's.
+
+    Kept in memory when it fits in CHUNK_ELEMENTS: whole, or as its non-zero rows only (an embedding
+    fine-tuned on a few tokens changes only their rows; zero rows add nothing to the norms or singular
+    values). Otherwise it is recomputed per row chunk for every product, so memory stays bounded.
+    """
 
     def __init__(self, old: torch.Tensor, new: torch.Tensor, cols: tuple[int, int] | None = None) -> None:
         old, new = old.reshape(old.shape[0], -1), new.reshape(new.shape[0], -1)
         if cols is not None:
             old, new = old[:, cols[0]:cols[1]], new[:, cols[0]:cols[1]]
         self.old, self.new = old, new
-        self.shape = (old.shape[0], old.shape[1])
-        self.rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, self.shape[1]))
-        self._dense = _delta(new, old) if self.shape[0] <= self.rows_per_chunk else None
+        self.full_shape = (old.shape[0], old.shape[1])
+        self.rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, self.full_shape[1]))
+        kept: list[torch.Tensor] | None = []
+        kept_rows = 0
+        fro2 = base2 = 0.0
+        for start in range(0, self.full_shape[0], self.rows_per_chunk):
+            stop = start + self.rows_per_chunk
+            delta, d2, b2 = _delta_and_norms(new[start:stop], old[start:stop])
+            fro2, base2 = fro2 + d2, base2 + b2
+            if kept is not None:
+                rows = delta if stop >= self.full_shape[0] and start == 0 else delta[delta.ne(0).any(dim=1)]
+                kept_rows += rows.shape[0]
+                kept = kept + [rows] if kept_rows <= self.rows_per_chunk else None
+        self._kept = torch.cat(kept) if kept is not None and len(kept) > 1 else (kept[0] if kept else None)
+        self.fro, self.base_fro = math.sqrt(fro2), math.sqrt(base2)
+        # the matrix the products act on: the kept rows of ΔW, or all of it
+        self.shape = (self._kept.shape[0], self.full_shape[1]) if self._kept is not None else self.full_shape
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        if self._dense is not None:
-            yield 0, self._dense
+        if self._kept is not None:
+            yield 0, self._kept
             return
-        for start in range(0, self.shape[0], self.rows_per_chunk):
+        for start in range(0, self.full_shape[0], self.rows_per_chunk):
             stop = start + self.rows_per_chunk
-            yield start, _delta(self.new[start:stop], self.old[start:stop])
-
-    def fro(self) -> float:
-        return math.sqrt(sum(float(torch.linalg.vector_norm(d)) ** 2 for _, d in self.chunks()))
-
-    def base_fro(self) -> float:
-        step = self.rows_per_chunk
-        return math.sqrt(sum(float(torch.linalg.vector_norm(self.old[s:s + step].float())) ** 2
-                             for s in range(0, self.shape[0], step)))
+            yield start, _delta_and_norms(self.new[start:stop], self.old[start:stop])[0]
 
     def mm(self, v: torch.Tensor) -> torch.Tensor:
         return torch.cat([d @ v for _, d in self.chunks()])
 
     def rmm(self, y: torch.Tensor) -> torch.Tensor:
-        return sum((d.T @ y[s:s + d.shape[0]] for s, d in self.chunks()), torch.zeros(self.shape[1], y.shape[1]))
+        # (yᵀ d)ᵀ rather than dᵀ y: the latter hits a slow path for thin y in some BLAS builds
+        return sum(((y[s:s + d.shape[0]].T @ d).T for s, d in self.chunks()), torch.zeros(self.shape[1], y.shape[1]))
 
 
 @dataclass
@@ -93,16 +107,14 @@ class Collected:
 def _measure_dense(key: str, old: torch.Tensor, new: torch.Tensor) -> list[Measured]:
     placement = place(key, tuple(old.shape))
     if old.dim() < 2:
-        d = _delta(new, old)
-        return [Measured(key, placement.section, None, None, tuple(old.shape), float(torch.linalg.vector_norm(d)),
-                         float(torch.linalg.vector_norm(old.float())), None)]
+        _, fro2, base2 = _delta_and_norms(new, old)
+        return [Measured(key, placement.section, None, None, tuple(old.shape), math.sqrt(fro2), math.sqrt(base2), None)]
     out = []
     for part in placement.parts or (Part("other"),):
         op = DeltaOperator(old, new, part.cols)
-        fro = op.fro()
         matrix = part.matrix if placement.section == "layer" else None
-        out.append(Measured(key, placement.section, placement.layer, matrix, op.shape, fro, op.base_fro(),
-                            dense_spectrum(op, fro)))
+        out.append(Measured(key, placement.section, placement.layer, matrix, op.full_shape, op.fro, op.base_fro,
+                            dense_spectrum(op, op.fro)))
     return out
 
 
@@ -126,6 +138,11 @@ def collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment, 
     out = Collected()
     for i, (key, pair) in enumerate(work):
         reporter.progress(0.05 + 0.9 * i / max(1, len(work)), f"comparing {key} ({i + 1}/{len(work)})")
+        if i + 1 < len(work):  # let the disk read the next tensors while this one is computed
+            upcoming, upcoming_pair = work[i + 1]
+            base.prefetch(upcoming)
+            if upcoming_pair is None:
+                ckpt.prefetch(upcoming)
         old = base.get(key)
         if pair is not None:
             measured = _measure_lora(key, pair, old)

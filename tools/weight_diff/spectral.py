@@ -53,16 +53,17 @@ class DenseOperator:
         return self.m @ v
 
     def rmm(self, y: torch.Tensor) -> torch.Tensor:
-        return self.m.T @ y
+        return (y.T @ self.m).T  # far faster than m.T @ y for thin y with some BLAS builds
 
 
-def sigma_max(op: LinearOperator, rtol: float = 1e-6, block: int = 8, max_iter: int = 64, seed: int = 0) -> float:
+def sigma_max(op: LinearOperator, rtol: float = 1e-6, block: int = 16, max_iter: int = 64, seed: int = 0) -> float:
     """Largest singular value by block Lanczos on G = MᵀM with full reorthogonalisation.
 
     The basis V spans the Krylov space {Ω, GΩ, G²Ω, …}, kept in the smaller of the two dimensions. Each
     step costs one product with M and one with Mᵀ; the Rayleigh–Ritz matrix VᵀGV comes from the same
-    products, and its top eigenvalue is a lower bound on σ_max² that rises monotonically. Stops when it
-    rises by less than rtol (relative, on σ), or when the basis spans the whole space (then it is exact).
+    products. Its top eigenpair (θ, s) gives σ_max² ≥ θ, and the part of G·Vs outside the basis is the
+    residual r, so some eigenvalue lies within min(‖r‖, ‖r‖²/gap) of θ (gap = θ − the next Ritz value).
+    Stops when that bound, relative on σ, is below rtol, or when the basis spans the whole space (exact).
     """
     if op.shape[1] > op.shape[0]:
         op = _Transposed(op)  # keep the basis in the smaller dimension
@@ -71,7 +72,7 @@ def sigma_max(op: LinearOperator, rtol: float = 1e-6, block: int = 8, max_iter: 
     v = torch.linalg.qr(torch.randn(n, min(block, n), generator=gen))[0]
     basis = v
     ritz = torch.zeros(0, 0, dtype=torch.float64)  # VᵀGV, grown by one block column per step
-    previous = 0.0
+    theta = 0.0
     for _ in range(max_iter):
         z = op.rmm(op.mm(v))  # G v
         column = (basis.T @ z).double()
@@ -81,25 +82,32 @@ def sigma_max(op: LinearOperator, rtol: float = 1e-6, block: int = 8, max_iter: 
         grown[:, k:] = column
         grown[k:, :k] = column[:k].T
         ritz = (grown + grown.T) / 2
-        estimate = float(torch.linalg.eigvalsh(ritz)[-1].clamp_min(0).sqrt())
-        if basis.shape[1] >= n or estimate == 0.0 or estimate - previous <= rtol * estimate:
-            return estimate
-        previous = estimate
-        v = _next_block(z, basis, n - basis.shape[1])
+        values, vectors = torch.linalg.eigh(ritz)
+        theta = float(values[-1].clamp_min(0))
+        if basis.shape[1] >= n or theta == 0.0:
+            break
+        w = _orthogonalise(z, basis)  # G·V_last outside the basis; older blocks' images lie inside it
+        residual = float((w @ vectors[k:, -1].to(w.dtype)).norm())
+        gap = theta - float(values[-2]) if len(values) > 1 else theta
+        if min(residual, residual**2 / gap if gap > 0 else residual) <= 2 * rtol * theta:
+            break
+        v = _next_block(w, float(z.norm()), n - basis.shape[1])
         if v is None:  # the basis is an invariant subspace: the Ritz value is exact
-            return estimate
+            break
         basis = torch.cat([basis, v], dim=1)
-    return estimate
+    return theta**0.5
 
 
-def _next_block(z: torch.Tensor, basis: torch.Tensor, room: int) -> torch.Tensor | None:
-    """Orthonormal directions of z not yet in the basis (Gram–Schmidt twice, for float32 stability)."""
-    scale = float(z.norm())
-    if scale == 0.0:
-        return None
+def _orthogonalise(z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """z minus its projection on the basis (Gram–Schmidt twice, for float32 stability)."""
     for _ in range(2):
         z = z - basis @ (basis.T @ z)
-    q, r = torch.linalg.qr(z)
+    return z
+
+
+def _next_block(w: torch.Tensor, scale: float, room: int) -> torch.Tensor | None:
+    """Orthonormal directions of w (already orthogonal to the basis) that are not numerically zero."""
+    q, r = torch.linalg.qr(w)
     keep = r.diagonal().abs() > 1e-5 * scale
     if not bool(keep.any()):
         return None
