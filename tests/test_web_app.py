@@ -143,17 +143,18 @@ def test_the_store_keeps_order_and_results_across_reopen(tmp_path: Path) -> None
 
 
 def _read_sse(url: str, headers: dict[str, str], n: int, out: list[dict], timeout: float = 10) -> None:
+    """Collect SSE messages ({id, events}) until n events have arrived."""
     with httpx.stream("GET", url, headers=headers, timeout=timeout) as r:
         current: dict = {}
         for line in r.iter_lines():
             if line.startswith("id:"):
                 current["id"] = line[3:].strip()
             elif line.startswith("data:"):
-                current["data"] = json.loads(line[5:])
+                current["events"] = json.loads(line[5:])
             elif line == "" and current:
                 out.append(current)
                 current = {}
-                if len(out) >= n:
+                if sum(len(m["events"]) for m in out) >= n:
                     return
 
 
@@ -167,13 +168,20 @@ def test_sse_stream_is_live_and_resumes_from_last_event_id(tmp_path: Path) -> No
         server.post([ev("tool.start", "s", "c2", tool="t", card="x", args={}), ev("tool.start", "other", "c3", tool="t", card="x", args={})])
         server.post(ev("tool.progress", "s", "c2", fraction=0.2, message="m"))
         reader.join(10)
-        assert [g["id"] for g in got] == ["1", "2", "3", "4", "6"]  # seq 5 belongs to another session
-        assert [g["data"]["type"] for g in got] == ["tool.start", "tool.progress", "tool.result", "tool.start", "tool.progress"]
-        assert "result" not in got[2]["data"]["data"] and got[2]["data"]["data"]["has_result"] is True
+        events = [e for m in got for e in m["events"]]
+        assert [e["seq"] for e in events] == [1, 2, 3, 4, 6]  # seq 5 belongs to another session
+        assert all(m["id"] == str(m["events"][-1]["seq"]) for m in got)  # the id a reconnect resumes after
+        assert got[0]["id"] == "3"  # the backlog arrives as one message
+        assert [e["type"] for e in events] == ["tool.start", "tool.progress", "tool.result", "tool.start", "tool.progress"]
+        assert "result" not in events[2]["data"] and events[2]["data"]["has_result"] is True
+        assert events[2]["data"]["slim"] == tool_call("s", "c1")[2]["data"]["slim"]
 
         resumed: list[dict] = []
         _read_sse(f"{server.url}/api/sessions/s/stream", {"Last-Event-ID": "3"}, 2, resumed)
-        assert [g["id"] for g in resumed] == ["4", "6"]
+        assert [e["seq"] for m in resumed for e in m["events"]] == [4, 6]
+        resumed = []
+        _read_sse(f"{server.url}/api/sessions/s/stream?after=4", {}, 1, resumed)
+        assert [e["seq"] for m in resumed for e in m["events"]] == [6]
 
 
 def test_a_killed_server_restarts_with_everything_still_listed(tmp_path: Path) -> None:

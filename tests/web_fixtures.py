@@ -95,7 +95,7 @@ def stream_events(server: MirrorServer, session: str) -> list[dict[str, Any]]:
     with httpx.stream("GET", f"{server.url}/api/sessions/{session}/stream", headers=server.headers(), timeout=10) as r:
         for line in r.iter_lines():
             if line.startswith("data:"):
-                out.append(json.loads(line[5:]))
+                out += json.loads(line[5:])
                 if out[-1]["seq"] >= last:
                     break
     return out

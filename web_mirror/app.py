@@ -14,23 +14,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pydantic import BaseModel, ConfigDict, Field
 
 from web_mirror.cards import fold
 from web_mirror.events import Event
 from web_mirror.store import Store
-from web_mirror.wire import dumps
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 8 * 1024 * 1024  # a full weight-diff envelope of a large model is well under this
 MAX_BATCH = 1000
 STREAM_BATCH = 500
+COALESCE_S = 0.005  # after a wake-up, let a burst of single-event POSTs gather into one stream message
 EVENT_TYPE = r"^(tool\.(start|progress|result|error)|training\.watch\..+|simulate\..+)$"
 _ID = {"min_length": 1, "max_length": 200}
 
@@ -191,20 +192,21 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
         after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,
         last_event_id: Annotated[str | None, Header(description="set by a reconnecting EventSource")] = None,
     ) -> AsyncIterator[ServerSentEvent]:
-        """The session's events as SSE (`event: mirror`, id = seq, data = the event without its full result)."""
+        """The session's events as SSE: `event: mirror`, data = a JSON array of events in order (each without
+        its full result), id = the seq of the last one, so Last-Event-ID resumes right after it."""
         cursor = max(after, int(last_event_id) if last_event_id and last_event_id.isdigit() else 0)
         while True:
             changed = hub.changed
-            batch = await run_in_threadpool(store.events, session_id, cursor, STREAM_BATCH)
-            for ev in batch:
-                yield ServerSentEvent(raw_data=dumps(ev.as_dict()), event="mirror", id=str(ev.seq))
-            if batch:
-                cursor = batch[-1].seq
+            batch = await run_in_threadpool(store.events_json, session_id, cursor, STREAM_BATCH)
+            if batch is not None:
+                cursor, data = batch
+                yield ServerSentEvent(raw_data=data, event="mirror", id=str(cursor))
                 continue
             try:
                 await asyncio.wait_for(changed.wait(), timeout=5.0)
             except TimeoutError:
-                pass
+                continue
+            await asyncio.sleep(COALESCE_S)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -212,15 +214,26 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.middleware("http")
-    async def hardening(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        return response
-
+    app.add_middleware(_Hardening)
     app.state.store = store
     return app
+
+
+class _Hardening:
+    """No MIME sniffing, no referrers, on every response (plain ASGI: no per-request task overhead)."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_hardened(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_hardened if scope["type"] == "http" else send)
 
 
 def _closing(store: Store) -> Any:

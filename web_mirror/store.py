@@ -173,13 +173,16 @@ class Store:
             rows = self._db.execute(sql, params).fetchall()
         return [StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 
-    def card_events(self, session_id: str, call_id: str) -> list[StoredEvent]:
+    def events_json(self, session_id: str, after: int, limit: int) -> tuple[int, str] | None:
+        """The next events as one JSON array, built by SQLite (the stream's hot path), and the last seq in it."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, event_id, type, session, call_id, ts, data FROM events WHERE session = ? AND call_id = ? ORDER BY seq",
-                (session_id, call_id),
-            ).fetchall()
-        return [StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+            row = self._db.execute(
+                "SELECT max(seq), '[' || group_concat(ev, ',') || ']' FROM (SELECT seq, json_object("
+                "'seq', seq, 'event_id', event_id, 'type', type, 'session', session, 'call_id', call_id, 'ts', ts, 'data', json(data)"
+                ") AS ev FROM events WHERE session = ? AND seq > ? ORDER BY seq LIMIT ?)",
+                (session_id, after, limit),
+            ).fetchone()
+        return (int(row[0]), row[1]) if row and row[0] is not None else None
 
     def result(self, call_id: str) -> dict[str, Any] | None:
         with self._lock:

@@ -116,18 +116,21 @@ function connect(id) {
   es.onerror = () => setConnection("reconnecting…", "down");
   es.addEventListener("mirror", (msg) => {
     if (state.stream !== es) return;
-    const ev = JSON.parse(msg.data);
-    if (ev.seq <= state.lastSeq || ev.session !== state.current) return;
-    state.lastSeq = ev.seq;
-    let card = state.cards.get(ev.call_id);
-    if (!card) {
-      card = newCard(ev);
-      state.cards.set(ev.call_id, card);
-    }
-    applyEvent(card, ev);
-    state.dirty.add(ev.call_id);
-    if (!state.frame) state.frame = requestAnimationFrame(flush);
+    for (const ev of JSON.parse(msg.data)) receive(ev);
+    if (state.dirty.size && !state.frame) state.frame = requestAnimationFrame(flush);
   });
+}
+
+function receive(ev) {
+  if (ev.seq <= state.lastSeq || ev.session !== state.current) return;
+  state.lastSeq = ev.seq;
+  let card = state.cards.get(ev.call_id);
+  if (!card) {
+    card = newCard(ev);
+    state.cards.set(ev.call_id, card);
+  }
+  applyEvent(card, ev);
+  state.dirty.add(ev.call_id);
 }
 
 // Render what changed at most once per frame: a fast stream costs one DOM update per card per frame.
