@@ -13,6 +13,7 @@ from weight_fixtures import merged_delta, session_for, tiny  # noqa: F401
 from session.checkpoint_keys import normalise_key
 from toolserver.registry import SilentReporter, ToolError, get_tool
 from tools.weight_diff import SPEC, compute
+from tools.weight_diff.layout import place
 from tools.weight_diff.models import WeightDiffResult
 from tools.weight_diff.spectral import DenseOperator, lowrank_spectrum, sigma_max
 
@@ -96,6 +97,28 @@ def test_lowrank_spectrum_matches_formed_product() -> None:
         assert spec.fro == pytest.approx(ref["fro"], rel=1e-9)
         assert spec.sigma_max == pytest.approx(ref["sigma"], rel=1e-9)
         assert spec.stable_rank == pytest.approx(ref["stable_rank"], rel=1e-9)
+
+
+@pytest.mark.parametrize(("key", "shape", "expected"), [
+    ("h.3.attn.c_attn.weight", (64, 192), ("layer", 3, [("Q", (0, 64)), ("K", (64, 128)), ("V", (128, 192))])),
+    ("h.3.attn.c_attn.weight", (192, 64), ("layer", 3, [("QKV", None)])),  # a Linear-style fused QKV: left whole
+    ("h.0.attn.c_proj.weight", (64, 64), ("layer", 0, [("O", None)])),
+    ("h.0.mlp.c_proj.weight", (256, 64), ("layer", 0, [("MLP out", None)])),
+    ("layers.7.self_attn.k_proj.weight", (32, 64), ("layer", 7, [("K", None)])),
+    ("layers.7.mlp.gate_proj.weight", (128, 64), ("layer", 7, [("MLP gate", None)])),
+    ("layers.7.mlp.up_proj.weight", (128, 64), ("layer", 7, [("MLP in", None)])),
+    ("encoder.layer.2.attention.output.dense.weight", (64, 64), ("layer", 2, [("O", None)])),
+    ("encoder.layer.2.output.dense.weight", (64, 128), ("layer", 2, [("MLP out", None)])),
+    ("encoder.layer.2.attention.output.LayerNorm.weight", (64,), ("norm", None, [])),
+    ("layers.1.input_layernorm.weight", (64,), ("norm", None, [])),
+    ("h.1.attn.c_attn.bias", (192,), ("bias", None, [])),
+    ("embed_tokens.weight", (640, 64), ("embedding", None, [])),
+    ("lm_head.weight", (640, 64), ("embedding", None, [])),
+    ("pooler.dense.weight", (64, 64), ("other", None, [])),
+])
+def test_layout_places_tensors(key: str, shape: tuple[int, ...], expected: tuple[str, int | None, list]) -> None:
+    p = place(key, shape)
+    assert (p.section, p.layer, [(part.matrix, part.cols) for part in p.parts]) == expected
 
 
 # --- full fine-tunes ------------------------------------------------------------------------------

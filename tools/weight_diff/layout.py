@@ -63,7 +63,7 @@ def place(key: str, shape: tuple[int, ...]) -> Placement:
         return Placement("other")
     module = m.group(2)
     matrix = next((kind for pattern, kind in _MATRIX_RULES if pattern.search(module)), "other")
-    if matrix == "QKV" and _GPT2_FUSED_QKV.search(module) and len(shape) == 2 and shape[1] % 3 == 0:
+    if matrix == "QKV" and _GPT2_FUSED_QKV.search(module) and len(shape) == 2 and shape[1] == 3 * shape[0]:
         width = shape[1] // 3
         parts = tuple(Part(name, (i * width, (i + 1) * width)) for i, name in enumerate(("Q", "K", "V")))
         return Placement("layer", int(m.group(1)), parts)
