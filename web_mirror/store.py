@@ -64,12 +64,6 @@ class StoredEvent:
     ts: float
     data: dict[str, Any]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq, "event_id": self.event_id, "type": self.type, "session": self.session,
-            "call_id": self.call_id, "ts": self.ts, "data": self.data,
-        }
-
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -153,24 +147,12 @@ class Store:
             ).fetchall()
         return [SessionInfo(*row) for row in rows]
 
-    def session(self, session_id: str) -> SessionInfo | None:
+    def events(self, session_id: str) -> list[StoredEvent]:
+        """The session's whole event log, in order (what its cards are folded from)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, first_ts, last_ts, last_seq, n_events, (SELECT count(*) FROM cards WHERE session = ?)"
-                " FROM sessions WHERE id = ?",
-                (session_id, session_id),
-            ).fetchone()
-        return SessionInfo(*row) if row else None
-
-    def events(self, session_id: str, after: int = 0, limit: int | None = None) -> list[StoredEvent]:
-        """The session's events with seq > after, in order."""
-        sql = "SELECT seq, event_id, type, session, call_id, ts, data FROM events WHERE session = ? AND seq > ? ORDER BY seq"
-        params: tuple[Any, ...] = (session_id, after)
-        if limit is not None:
-            sql += " LIMIT ?"
-            params += (limit,)
-        with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
+            rows = self._db.execute(
+                "SELECT seq, event_id, type, session, call_id, ts, data FROM events WHERE session = ? ORDER BY seq", (session_id,)
+            ).fetchall()
         return [StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 
     def events_json(self, session_id: str, after: int, limit: int) -> tuple[int, str] | None:
