@@ -34,7 +34,9 @@ def test_tensor_stats_match_numpy() -> None:
     assert sum(s.histogram.counts) == t.numel()
     rows = np.round(np.linspace(0, 299, 32)).astype(int)
     cols = np.round(np.linspace(0, 69, 32)).astype(int)
-    assert np.allclose(np.array(s.grid), a[rows][:, cols], rtol=1e-3, atol=1e-7)
+    assert np.allclose(np.array(s.grid), a[rows][:, cols], rtol=1e-2, atol=1e-7)  # 3 significant digits
+    g = tensor_stats(t, AnalysisConfig(), gradient=True)
+    assert g.percentiles is None and g.grid is None and len(g.histogram.counts) == 16 and g.norm == s.norm
 
 
 def test_large_tensor_percentiles_come_from_a_strided_sample() -> None:
@@ -108,7 +110,7 @@ def test_training_run_writes_scheduled_and_triggered_checkpoints(recorded: Path)
     ck = read_analysis_checkpoint(files[1])
     assert ck.reasons == ["scheduled"] and ck.step == 10
     assert set(ck.weights) == {n for n, _ in tiny_lm().named_parameters()}
-    assert sum(1 for s in ck.weights.values() if s.grid is not None) == 6
+    assert sum(1 for s in ck.weights.values() if s.grid is not None) == 5
     assert ck.gradients["transformer.h.0.attn.c_attn.weight"].norm > 0
     assert {"transformer.h.0", "transformer.h.0.attn", "transformer.h.1.mlp"} <= set(ck.activations)
     assert set(ck.attention) == {"layer.0", "layer.1"}

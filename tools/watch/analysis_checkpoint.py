@@ -1,5 +1,5 @@
 """Analysis checkpoints: dense, small snapshots of a model's insides during training — per-tensor
-statistics, histograms and sampled 32×32 grids of weights and gradients, activation statistics,
+statistics and histograms of weights and gradients, sampled 32×32 grids of weights, activation statistics,
 attention entropy per head — written on a logarithmic cadence plus when something looks wrong.
 
 Cadence: every 10 steps up to 100, every 50 up to 1000, every 200 up to 10000, then every 1000.
@@ -7,10 +7,11 @@ Triggers (each on its rising edge, so a lasting condition writes one extra check
 step): loss above `loss_spike_ratio` × the mean of the previous `loss_window` losses; global grad norm
 above `grad_norm_threshold`; a trainable parameter newly at a grad norm below `dead_param_norm`.
 
-Sizes: floats keep 4 significant digits; histograms are `bins` counts over [lo, hi]; percentiles of a
-tensor larger than `sample_size` come from an evenly strided sample of that size (mean, std, min, max
-and the histogram always use every element); grids are stored for at most `max_grids` weight
-matrices spread across depth. A 0.5B-parameter model comes to about 200 KB (bench/watch.py).
+Sizes: statistics keep 4 significant digits, grid cells 3; histograms are counts in equal bins over
+[lo, hi] (32 for weights, 16 for gradients, which also skip percentiles); percentiles of a tensor
+larger than `sample_size` come from an evenly strided sample of that size (mean, std, min, max and the
+histogram always use every element); grids are stored for at most `max_grids` weight matrices spread
+across depth. A 0.5B-parameter model comes to about 200 KB (bench/watch.py).
 The file carries `schema_version`; readers refuse any version they do not know.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import re
 import tempfile
 from collections import deque
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, Field, ValidationError
@@ -39,9 +40,10 @@ Reason = Literal["scheduled", "loss_spike", "grad_norm", "dead_param"]
 
 
 class AnalysisConfig(BaseModel):
-    bins: int = Field(32, ge=2, description="histogram bins")
+    bins: int = Field(32, ge=2, description="histogram bins for weights")
+    grad_bins: int = Field(16, ge=2, description="histogram bins for gradients")
     sample_size: int = Field(1 << 18, ge=1024, description="elements sampled for percentiles of large tensors")
-    max_grids: int = Field(6, ge=0, description="weight matrices that get a sampled 32×32 grid")
+    max_grids: int = Field(5, ge=0, description="weight matrices that get a sampled 32×32 grid")
     activation_regex: str = Field(DEFAULT_ACTIVATION_REGEX, description="modules whose outputs are summarised")
     loss_spike_ratio: float = Field(2.0, gt=1, description="trigger: loss > ratio × moving average")
     loss_window: int = Field(20, ge=2, description="losses in that moving average")
@@ -62,7 +64,7 @@ class TensorStats(BaseModel):
     min: float
     max: float
     norm: float = Field(description="L2 norm")
-    percentiles: list[float] = Field(description=f"at {list(PERCENTILES)}")
+    percentiles: list[float] | None = Field(None, description=f"at {list(PERCENTILES)} (weights only)")
     histogram: Histogram
     grid: list[list[float]] | None = Field(None, description="evenly spaced rows × columns, at most 32×32")
 
@@ -85,7 +87,7 @@ class AttentionStats(BaseModel):
 class AnalysisCheckpoint(BaseModel):
     schema_version: Literal["trainspect.analysis.v1"] = SCHEMA_VERSION
     step: int
-    loss: float | None
+    loss: float | None = None
     reasons: list[Reason]
     created_at: str = Field(default_factory=now_iso)
     n_params: int
@@ -95,38 +97,44 @@ class AnalysisCheckpoint(BaseModel):
     attention: dict[str, AttentionStats] = Field(default_factory=dict)
 
 
-def _r(x: float) -> float:
-    """4 significant digits: what a dashboard shows, a fraction of the bytes."""
-    return float(f"{x:.4g}") if math.isfinite(x) else x
+def _r(x: float, digits: int = 4) -> float:
+    """Significant digits enough for a dashboard, at a fraction of the bytes."""
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else x
 
 
 def _index(n: int, k: int) -> torch.Tensor:
-    return torch.linspace(0, n - 1, min(n, k)).round().long()
+    """min(n, k) evenly spaced indices into n (float64: float32 cannot address 136M-element tensors)."""
+    return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64).round().long()
 
 
 def sampled_grid(t: torch.Tensor, size: int = GRID) -> list[list[float]]:
     """Evenly spaced rows and columns of the tensor viewed as (first dim, rest)."""
     m = t.detach().reshape(t.shape[0], -1) if t.dim() > 1 else t.detach().reshape(1, -1)
     rows, cols = _index(m.shape[0], size), _index(m.shape[1], size)
-    return [[_r(v) for v in row] for row in m[rows][:, cols].float().tolist()]
+    return [[_r(v, 3) for v in row] for row in m[rows][:, cols].float().tolist()]
 
 
-def tensor_stats(t: torch.Tensor, cfg: AnalysisConfig, *, grid: bool = False) -> TensorStats:
+def tensor_stats(t: torch.Tensor, cfg: AnalysisConfig, *, gradient: bool = False, grid: bool = False) -> TensorStats:
+    """Weights: moments, percentiles, `bins`-bin histogram, optionally a grid. Gradients (the leaner
+    contract): moments and norm, `grad_bins`-bin histogram."""
     flat = t.detach().reshape(-1).float()
+    bins = cfg.grad_bins if gradient else cfg.bins
     lo, hi = flat.min(), flat.max()
     mean, std, norm = flat.mean(), flat.std(correction=0), torch.linalg.vector_norm(flat)
-    sample = flat if flat.numel() <= cfg.sample_size else flat[_index(flat.numel(), cfg.sample_size)]
-    q = torch.quantile(sample, torch.tensor(PERCENTILES, dtype=torch.float32) / 100)
-    counts = torch.histc(flat, bins=cfg.bins, min=float(lo), max=float(hi)) if hi > lo else None
+    percentiles = None
+    if not gradient:
+        sample = flat if flat.numel() <= cfg.sample_size else flat[_index(flat.numel(), cfg.sample_size)]
+        q = torch.quantile(sample, torch.tensor(PERCENTILES, dtype=torch.float32) / 100)
+        percentiles = [_r(v) for v in q.tolist()]
     scalars = torch.stack([mean, std, lo, hi, norm]).tolist()
-    if counts is None:  # a constant tensor: everything in the first bin
-        count_list = [flat.numel()] + [0] * (cfg.bins - 1)
-    else:
-        count_list = [int(c) for c in counts.tolist()]
+    if hi > lo:
+        counts = [int(c) for c in torch.histc(flat, bins=bins, min=scalars[2], max=scalars[3]).tolist()]
+    else:  # a constant tensor: everything in the first bin
+        counts = [flat.numel()] + [0] * (bins - 1)
     return TensorStats(
         shape=list(t.shape), mean=_r(scalars[0]), std=_r(scalars[1]), min=_r(scalars[2]), max=_r(scalars[3]),
-        norm=_r(scalars[4]), percentiles=[_r(v) for v in q.tolist()],
-        histogram=Histogram(lo=_r(scalars[2]), hi=_r(scalars[3]), counts=count_list),
+        norm=_r(scalars[4]), percentiles=percentiles,
+        histogram=Histogram(lo=_r(scalars[2]), hi=_r(scalars[3]), counts=counts),
         grid=sampled_grid(t) if grid else None,
     )
 
@@ -149,6 +157,30 @@ def attention_stats(pattern: torch.Tensor) -> AttentionStats:
     ent, top = entropy.mean(dim=(0, 2)).tolist(), peak.mean(dim=(0, 2)).tolist()
     return AttentionStats(entropy_per_head=[_r(v) for v in ent], max_attn_per_head=[_r(v) for v in top],
                           grid_per_head=[sampled_grid(p[0, h]) for h in range(p.shape[1])])
+
+
+def grid_picks(names_and_dims: Sequence[tuple[str, int]], max_grids: int) -> set[str]:
+    """The weight matrices that get a grid: `max_grids` of them, evenly spread in parameter order (depth)."""
+    matrices = [n for n, dims in names_and_dims if dims >= 2]
+    return {matrices[i] for i in _index(len(matrices), max_grids).tolist()} if matrices and max_grids else set()
+
+
+def summarise(step: int, loss: float | None, reasons: list[Reason],
+              tensors: Iterable[tuple[str, torch.Tensor, torch.Tensor | None]], cfg: AnalysisConfig,
+              grid_names: set[str]) -> AnalysisCheckpoint:
+    """A checkpoint from (name, weight, grad) triples, consumed one at a time (a stream of tensors never
+    needs the whole model in memory)."""
+    weights: dict[str, TensorStats] = {}
+    gradients: dict[str, TensorStats] = {}
+    n_params = 0
+    with torch.no_grad():
+        for name, weight, grad in tensors:
+            n_params += weight.numel()
+            weights[name] = tensor_stats(weight, cfg, grid=name in grid_names)
+            if grad is not None:
+                gradients[name] = tensor_stats(grad, cfg, gradient=True)
+    return AnalysisCheckpoint(step=step, loss=loss if loss is None or math.isfinite(loss) else None, reasons=reasons,
+                              n_params=n_params, weights=weights, gradients=gradients)
 
 
 def scheduled(step: int) -> bool:
@@ -204,10 +236,7 @@ class AnalysisRecorder:
         self._hooks: list[Any] = []
         self._activations: dict[str, ActivationStats] = {}
         self._patterns: dict[str, AttentionStats] = {}
-        params = [(n, p) for n, p in model.named_parameters()]
-        matrices = [n for n, p in params if p.dim() >= 2]
-        picks = {matrices[i] for i in _index(len(matrices), cfg.max_grids).tolist()} if matrices and cfg.max_grids else set()
-        self._grid_names = picks
+        self._grid_names = grid_picks([(n, p.dim()) for n, p in model.named_parameters()], cfg.max_grids)
         self.written: list[Path] = []
 
     def arm(self) -> None:
@@ -250,23 +279,18 @@ class AnalysisRecorder:
             return None
         for i, pattern in enumerate(attentions or ()):
             patterns[f"layer.{i}"] = attention_stats(pattern)
-        with torch.no_grad():
-            named = list(self.model.named_parameters())
-            checkpoint = AnalysisCheckpoint(
-                step=step, loss=loss if loss is None or math.isfinite(loss) else None, reasons=reasons,
-                n_params=sum(p.numel() for _, p in named),
-                weights={n: tensor_stats(p, self.cfg, grid=n in self._grid_names) for n, p in named},
-                gradients={n: tensor_stats(p.grad, self.cfg) for n, p in named if p.grad is not None},
-                activations=activations, attention=patterns,
-            )
+        tensors = ((n, p, p.grad) for n, p in self.model.named_parameters())
+        checkpoint = summarise(step, loss, reasons, tensors, self.cfg, self._grid_names)
+        checkpoint.activations, checkpoint.attention = activations, patterns
         return self._write(checkpoint)
 
     def _write(self, checkpoint: AnalysisCheckpoint) -> Path:
+        """Write-then-rename: a dashboard polling the folder never reads half a file."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"analysis_{checkpoint.step:08d}.json"
         fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".analysis.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            f.write(checkpoint.model_dump_json())
+            f.write(checkpoint.model_dump_json(exclude_none=True))
         os.replace(tmp, path)
         self.written.append(path)
         return path

@@ -11,8 +11,8 @@ not reported; a trainable parameter that received no gradient reports 0 — that
 """
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -31,8 +31,8 @@ log = logging.getLogger("trainspect.watch")
 
 
 class GradNormMeter:
-    """Per-module L2 grad norms and the largest per-parameter grad norm, from one fused norm kernel
-    over all gradients (no Python work per scalar, one host sync per step)."""
+    """Per-module L2 grad norms and the largest per-parameter grad norm, from one fused norm call over
+    all gradients (no Python work per scalar, one host sync per step)."""
 
     def __init__(self, model: nn.Module) -> None:
         seen: set[int] = set()
@@ -49,7 +49,7 @@ class GradNormMeter:
             self.names.append(name or type(module).__name__)
             self.param_names += [f"{name}.{n}" if name else n for n, _ in own]
             self.params += [p for _, p in own]
-        self.owner = torch.tensor(owners, dtype=torch.long)
+        self.owners = owners  # module index of each parameter
 
     def param_norms(self) -> torch.Tensor | None:
         """Per-parameter grad norms on the CPU (0 for a parameter without a gradient); None before any backward."""
@@ -58,8 +58,10 @@ class GradNormMeter:
         if not present:
             return None
         found = torch._foreach_norm([grads[i] for i in present])  # the fused kernel clip_grad_norm_ uses
-        device = found[0].device
-        stacked = torch.stack([n.to(device, torch.float32) for n in found]).cpu()
+        try:
+            stacked = torch.stack(found).float().cpu()
+        except RuntimeError:  # gradients on several devices (model parallel)
+            stacked = torch.stack([n.float().cpu() for n in found])
         if len(present) == len(grads):
             return stacked
         norms = torch.zeros(len(grads))
@@ -67,12 +69,15 @@ class GradNormMeter:
         return norms
 
     def group(self, norms: torch.Tensor | None) -> tuple[dict[str, float], float | None]:
-        """(module name → grad norm, max per-parameter grad norm) from per-parameter norms."""
+        """(module name → grad norm, max per-parameter grad norm) from per-parameter norms: one host
+        copy of one float per parameter, then plain arithmetic (cheaper than tensor ops at this size)."""
         if norms is None:
             return dict.fromkeys(self.names, 0.0), None
-        per_module = torch.zeros(len(self.names)).index_add_(0, self.owner, norms.square()).sqrt()
-        values = torch.cat([per_module, norms.max().reshape(1)]).tolist()
-        return dict(zip(self.names, values)), values[-1]
+        values = norms.tolist()
+        squares = [0.0] * len(self.names)
+        for owner, v in zip(self.owners, values):
+            squares[owner] += v * v
+        return dict(zip(self.names, map(math.sqrt, squares))), max(values)
 
     def measure(self) -> tuple[dict[str, float], float | None]:
         return self.group(self.param_norms())
@@ -88,7 +93,7 @@ class JsonlSink:
         self._fd = os.open(path, flags, 0o644)
 
     def write(self, snap: StepSnapshot) -> None:
-        data = (json.dumps(snap.wire(), separators=(",", ":")) + "\n").encode()
+        data = snap.model_dump_json(by_alias=True, exclude_none=True).encode() + b"\n"
         written = os.write(self._fd, data)
         while written < len(data):  # only on a full disk or a signal mid-write
             written += os.write(self._fd, data[written:])

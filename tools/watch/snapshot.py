@@ -25,7 +25,8 @@ class StepSnapshot(BaseModel):
     """One step event. `maxGrad` is the largest per-parameter gradient norm (from Hugging Face logs: the
     global grad norm, the only aggregate they record); `gradNorms` maps a module name to its grad norm."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # JSONL keeps NaN/Infinity as the tokens real trainers write (and every reader here accepts)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, ser_json_inf_nan="constants")
 
     step: int = Field(validation_alias=AliasChoices("step", "current_steps", "global_step", "train/global_step", "_step"))
     loss: float = Field(validation_alias=AliasChoices("loss", "train/loss", "train_loss_step", "train_loss"))

@@ -146,7 +146,7 @@ def run(session: Session | None, args: WatchInput, reporter: Reporter) -> Outcom
     else:
         steps, fired = _replay(watcher, live, reporter, final=not args.since_last)
     summary = watcher.summary
-    if summary.steps_seen == 0 and not args.follow and not resumed:
+    if summary.steps_seen == 0 and not (args.follow or args.since_last):  # a live run may not have logged yet
         raise ToolError(_no_steps(path, summary), FORMAT_HINT)
     save_state(watcher)
     fired.sort(key=severity_key)
