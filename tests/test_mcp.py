@@ -42,7 +42,8 @@ async def _exercise(client: Client, models: dict[str, Path]) -> None:
     structured: dict[str, Any] = result.structured_content or {}
     jsonschema.validate(structured, listed["run_weight_diff"].output_schema)
     assert structured["tool"] == "run_weight_diff" and structured["session"] == "mcp-run"
-    assert structured["findings"] and structured["result"]["rows"]
+    assert structured["findings"] and structured["result"]["rows"] and structured["truncated"] == {}
+    assert "Findings:" in result.content[0].text and "layer" in result.content[0].text
     values = [v for v, _ in progress]
     assert values and values == sorted(values)
 
@@ -106,3 +107,25 @@ def test_streamable_http(tiny_gpt2: dict[str, Path], isolated_home: Path) -> Non
 def test_http_refuses_public_bind(isolated_home: Path) -> None:
     proc = subprocess.run([str(BIN), "mcp", "--http", "--host", "0.0.0.0"], env=_env(isolated_home), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "refusing to serve MCP on 0.0.0.0" in proc.stderr
+
+
+def test_long_lists_are_cut_with_their_paths_recorded() -> None:
+    from pydantic import BaseModel
+
+    from toolserver.mcp_server import compact_result
+    from toolserver.registry import Envelope, Finding, ToolSpec
+
+    class Out(BaseModel):
+        rows: list[dict[str, int]]
+        nested: dict[str, list[int]]
+
+    spec = ToolSpec(name="t", command="t", card="t", summary="s", input_model=BaseModel, output_model=Out,
+                    run=lambda *a: None, slim=lambda r: {}, table=lambda r: f"{len(r.rows)} rows")
+    env = Envelope[Out](tool="t", call_id="c", created_at="now", duration_s=0.1, session=None, inputs={},
+                        result=Out(rows=[{"i": i} for i in range(120)], nested={"xs": list(range(7))}),
+                        findings=[Finding(text="f")], follow_ups=[])
+    out = compact_result(spec, env, limit=5)
+    assert out.structured_content["truncated"] == {"result.rows": 120, "result.nested.xs": 7}
+    assert out.structured_content["result"]["rows"] == [{"i": i} for i in range(5)]
+    assert "120 rows" in out.content[0].text and "result.rows (120 items)" in out.content[0].text
+    Envelope[Out].model_validate(out.structured_content)

@@ -16,12 +16,16 @@ import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError as MCPToolError
+from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
 from session.state import Session, current_session
 from toolserver.registry import Envelope, ToolError, ToolSpec, all_tools, envelope_model
+from toolserver.cli import render
 from toolserver.runner import invoke, load_result
 
+LIST_LIMIT = 50  # items per list in an MCP result; the rest is paged through get_result
+TEXT_LIMIT = 12_000  # characters of the readable text block
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 INSTRUCTIONS = """trainspect shows what a fine-tune did to a language model.
 Start with start_session (a model slug, HF id or local directory), then call analysis tools such as
@@ -80,13 +84,42 @@ def _tool_handler(spec: ToolSpec[Any, Any], state: ServerState) -> Any:
             return invoke(spec, kwargs, session=sess, mirror=state.mirror, on_progress=progress)
 
         try:
-            return await anyio.to_thread.run_sync(run)
+            envelope = await anyio.to_thread.run_sync(run)
         except ToolError as e:
             raise MCPToolError(str(e)) from None
+        return compact_result(spec, envelope)
 
     handler.__signature__ = _signature(spec)  # type: ignore[attr-defined]
     handler.__name__ = spec.name
     return handler
+
+
+def trim_lists(node: Any, path: str, limit: int, cut: dict[str, int]) -> Any:
+    """Shorten every list longer than `limit` (recording its path and full length), so a result
+    for a 80-layer model stays well inside what MCP clients accept."""
+    if isinstance(node, dict):
+        return {k: trim_lists(v, f"{path}.{k}", limit, cut) for k, v in node.items()}
+    if isinstance(node, list):
+        if len(node) > limit:
+            cut[path] = len(node)
+            node = node[:limit]
+        return [trim_lists(v, f"{path}.{i}", limit, cut) for i, v in enumerate(node)]
+    return node
+
+
+def compact_result(spec: ToolSpec[Any, Any], envelope: Envelope[Any], *, limit: int = LIST_LIMIT) -> CallToolResult:
+    """The envelope as structured content with long lists cut, plus the people view as text for
+    clients that only show text to the model."""
+    full = envelope.model_dump(mode="json")
+    cut: dict[str, int] = {}
+    full["result"] = trim_lists(full["result"], "result", limit, cut)
+    full["truncated"] = cut
+    text = render(spec, envelope)
+    if len(text) > TEXT_LIMIT:
+        text = text[:TEXT_LIMIT] + f"\n… cut at {TEXT_LIMIT} characters; the structured content has the result"
+    if cut:
+        text += "\nShortened lists (page with get_result): " + ", ".join(f"{p} ({n} items)" for p, n in cut.items())
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=full)
 
 
 def _description(spec: ToolSpec[Any, Any]) -> str:

@@ -145,6 +145,11 @@ class Envelope(BaseModel, Generic[R]):
     result: R
     findings: list[Finding]
     follow_ups: list[FollowUp]
+    truncated: dict[str, int] = Field(
+        default_factory=dict,
+        description="lists shortened for transport (MCP): dotted path -> full length; page the rest with "
+        "get_result(call_id, section=path, offset)",
+    )
 
 
 def envelope_model(spec: ToolSpec[Any, Any]) -> type[Envelope[Any]]:
