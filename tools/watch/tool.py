@@ -250,7 +250,7 @@ SPEC = register(ToolSpec(
     summary=(
         "Signals from a training run's step events (loss, learning rate, max grad norm, per-layer grad norms): "
         "divergence, gradient spikes, dead attention/other layers, plateaus, non-finite loss. Reads a JSONL step log, "
-        "a Hugging Face trainer_state.json or a Lightning metrics.csv; no model and no GPU, seconds even for 1M steps. "
+        "a Hugging Face trainer_state.json or a Lightning metrics.csv; no model and no GPU, ~40k steps/s when replaying. "
         "For a run still training call again with since_last=true to get only new signals (or follow=true to tail it). "
         "Next: dead layers → run_weight_diff on a checkpoint of the run to see whether those layers moved."
     ),
