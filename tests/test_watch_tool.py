@@ -59,6 +59,16 @@ def test_since_last_survives_a_half_written_line(tmp_path: Path) -> None:
     assert [(s.type, s.step) for s in again.signals] == [("gradient_spike", 31)] and again.summary.bad_lines == 0
 
 
+def test_since_last_on_a_run_that_has_not_logged_yet(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1, "lo')  # the first line is still being written
+    early = watch(path, since_last=True)
+    assert early.new_steps == 0 and early.signals == [] and early.summary.bad_lines == 0
+    with open(path, "a") as f:
+        f.write('ss": 2.0}\n')
+    assert watch(path, since_last=True).summary.steps_seen == 1
+
+
 def test_full_replay_ignores_but_refreshes_the_cursor(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", spiky(40, spikes=(31,)))
     watch(path, since_last=True)
