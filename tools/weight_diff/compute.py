@@ -22,11 +22,27 @@ CHUNK_ELEMENTS = 1 << 24  # ΔW is formed at most 16M float32 values (64 MB) at 
 _SAMPLE = 20
 
 
-def _delta_and_norms(new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """ΔW = new − old in float32 as a fresh tensor (the inputs may be read-only file mappings), ‖ΔW‖², ‖old‖²."""
-    old32 = old.to(torch.float32)
-    delta = new.to(torch.float32, copy=True).sub_(old32)
-    return delta, float(torch.linalg.vector_norm(delta)) ** 2, float(torch.linalg.vector_norm(old32)) ** 2
+class Workspace:
+    """Reusable float32 buffers for ΔW and the upcast base.
+
+    A fresh 64 MB allocation is mapped anew and page-faulted on every use, which costs as much as the
+    arithmetic; reusing two buffers does not. A ΔW handed out stays valid until the next call.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, name: str, shape: torch.Size) -> torch.Tensor:
+        n = math.prod(shape)
+        if name not in self._buffers or self._buffers[name].numel() < n:
+            self._buffers[name] = torch.empty(n, dtype=torch.float32)
+        return self._buffers[name][:n].view(shape)
+
+    def delta_and_norms(self, new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """ΔW = new − old in float32 (the inputs may be read-only file mappings), ‖ΔW‖², ‖old‖²."""
+        old32 = old if old.dtype == torch.float32 else self._buffer("old", old.shape).copy_(old)
+        delta = self._buffer("delta", new.shape).copy_(new).sub_(old32)
+        return delta, float(torch.linalg.vector_norm(delta)) ** 2, float(torch.linalg.vector_norm(old32)) ** 2
 
 
 class DeltaOperator:
@@ -35,13 +51,16 @@ class DeltaOperator:
     Kept in memory when it fits in CHUNK_ELEMENTS: whole, or as its non-zero rows only (an embedding
     fine-tuned on a few tokens changes only their rows; zero rows add nothing to the norms or singular
     values). Otherwise it is recomputed per row chunk for every product, so memory stays bounded.
+    Valid until the workspace is used for the next tensor.
     """
 
-    def __init__(self, old: torch.Tensor, new: torch.Tensor, cols: tuple[int, int] | None = None) -> None:
+    def __init__(self, old: torch.Tensor, new: torch.Tensor, cols: tuple[int, int] | None = None,
+                 workspace: Workspace | None = None) -> None:
         old, new = old.reshape(old.shape[0], -1), new.reshape(new.shape[0], -1)
         if cols is not None:
             old, new = old[:, cols[0]:cols[1]], new[:, cols[0]:cols[1]]
         self.old, self.new = old, new
+        self.work = workspace or Workspace()
         self.full_shape = (old.shape[0], old.shape[1])
         self.rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, self.full_shape[1]))
         kept: list[torch.Tensor] | None = []
@@ -49,7 +68,7 @@ class DeltaOperator:
         fro2 = base2 = 0.0
         for start in range(0, self.full_shape[0], self.rows_per_chunk):
             stop = start + self.rows_per_chunk
-            delta, d2, b2 = _delta_and_norms(new[start:stop], old[start:stop])
+            delta, d2, b2 = self.work.delta_and_norms(new[start:stop], old[start:stop])
             fro2, base2 = fro2 + d2, base2 + b2
             if kept is not None:
                 rows = delta if stop >= self.full_shape[0] and start == 0 else delta[delta.ne(0).any(dim=1)]
@@ -66,7 +85,7 @@ class DeltaOperator:
             return
         for start in range(0, self.full_shape[0], self.rows_per_chunk):
             stop = start + self.rows_per_chunk
-            yield start, _delta_and_norms(self.new[start:stop], self.old[start:stop])[0]
+            yield start, self.work.delta_and_norms(self.new[start:stop], self.old[start:stop])[0]
 
     def mm(self, v: torch.Tensor) -> torch.Tensor:
         return torch.cat([d @ v for _, d in self.chunks()])
@@ -104,14 +123,14 @@ class Collected:
     skipped_non_float: list[str] = field(default_factory=list)
 
 
-def _measure_dense(key: str, old: torch.Tensor, new: torch.Tensor) -> list[Measured]:
+def _measure_dense(key: str, old: torch.Tensor, new: torch.Tensor, work: Workspace) -> list[Measured]:
     placement = place(key, tuple(old.shape))
     if old.dim() < 2:
-        _, fro2, base2 = _delta_and_norms(new, old)
+        _, fro2, base2 = work.delta_and_norms(new, old)
         return [Measured(key, placement.section, None, None, tuple(old.shape), math.sqrt(fro2), math.sqrt(base2), None)]
     out = []
     for part in placement.parts or (Part("other"),):
-        op = DeltaOperator(old, new, part.cols)
+        op = DeltaOperator(old, new, part.cols, work)
         matrix = part.matrix if placement.section == "layer" else None
         out.append(Measured(key, placement.section, placement.layer, matrix, op.full_shape, op.fro, op.base_fro,
                             dense_spectrum(op, op.fro)))
@@ -136,6 +155,7 @@ def collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment, 
     pairs = ckpt.lora_pairs()
     work = [(k, None) for k in aligned.common] + list(pairs.items())
     out = Collected()
+    workspace = Workspace()
     for i, (key, pair) in enumerate(work):
         reporter.progress(0.05 + 0.9 * i / max(1, len(work)), f"comparing {key} ({i + 1}/{len(work)})")
         if i + 1 < len(work):  # let the disk read the next tensors while this one is computed
@@ -151,7 +171,7 @@ def collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment, 
             if not (old.is_floating_point() and new.is_floating_point()):
                 out.skipped_non_float.append(key)
                 continue
-            measured = _measure_dense(key, old, new)
+            measured = _measure_dense(key, old, new, workspace)
         out.compared += 1
         out.unchanged += all(m.fro == 0 for m in measured)
         out.measured.extend(measured)
