@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is not an installed package; `pytest` alone does not add the root
-    sys.path.insert(0, str(ROOT))
-
-from toolserver.registry import SilentReporter  # noqa: E402
-from tools.watch.tool import WatchInput, WatchResult, run  # noqa: E402
+from toolserver.registry import SilentReporter
+from tools.watch.tool import WatchInput, WatchResult, run
 
 ATTN = "model.layers.0.self_attn.q_proj"
 MLP = "model.layers.0.mlp.up_proj"
