@@ -16,7 +16,7 @@ import pytest
 import respx
 
 from web_mirror import client as client_mod
-from web_mirror.client import MirrorClient
+from web_mirror.client import Dropped, MirrorClient, Spool
 from web_mirror.events import Event
 
 from web_fixtures import ROOT, free_port, mirror_server, stream_events
@@ -35,16 +35,21 @@ class FakeMirror:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.attempts += 1
-        events = json.loads(request.content)
         if self.mode == "refused":
             raise httpx.ConnectError("connection refused", request=request)
+        if self.mode == "unreachable":
+            raise httpx.ConnectTimeout("timed out connecting", request=request)
+        try:
+            events = json.loads(request.content)
+        except ValueError:  # what the real server answers for a body that is not JSON
+            return httpx.Response(422, json={"detail": [{"loc": ["body", 0], "msg": "JSON decode error"}]})
         if self.mode == "500":
             return httpx.Response(500, json={"detail": "boom"})
         if self.mode == "timeout":  # the server got it but answered too late
             self.received += [e["event_id"] for e in events]
             raise httpx.ReadTimeout("timed out", request=request)
         if any(e["data"].get("poison") for e in events):
-            return httpx.Response(422, json={"detail": []})
+            return httpx.Response(422, json={"detail": [{"loc": ["body", 0, "data"], "msg": "poisoned"}]})
         self.received += [e["event_id"] for e in events]
         return httpx.Response(200, json={"accepted": len(events), "duplicates": 0, "last_seq": 0})
 
@@ -110,8 +115,8 @@ def test_a_refused_event_goes_to_the_rejected_file_and_the_rest_flow(fake: FakeM
     fake.mode = "up"
     assert client.flush() is True
     assert fake.received == [e.event_id for e in batch if not e.data.get("poison")]
-    [rejected] = client.spool.rejected.read_text().splitlines()
-    assert json.loads(json.loads(rejected)["event"])["event_id"] == batch[3].event_id
+    [rejected] = map(json.loads, client.spool.rejected.read_text().splitlines())
+    assert rejected["event_id"] == batch[3].event_id and rejected["reason"] == "HTTP 422: body.0.data: poisoned"
 
 
 def test_non_finite_numbers_survive_the_wire(tmp_path: Path) -> None:
@@ -140,14 +145,132 @@ def test_a_mirror_that_accepts_but_never_answers_costs_one_timeout(tmp_path: Pat
     with socket.socket() as hole:  # listens, never accepts: connects succeed, replies never come
         hole.bind(("127.0.0.1", 0))
         hole.listen(64)
-        client = MirrorClient(f"http://127.0.0.1:{hole.getsockname()[1]}", spool_dir=tmp_path / "spool", timeout=0.3)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        client = MirrorClient(url, spool_dir=tmp_path / "spool", timeout=0.5)
         t0 = time.perf_counter()
         for e in events(20):
             client.send(e)
-        client.close()
+        client.close()  # backing off: no second attempt on the way out
         elapsed = time.perf_counter() - t0
-    assert elapsed < 1.5, elapsed  # one timeout for the sends, one for close's last attempt
-    assert len(client.spool.pending()) == 20
+        assert 0.5 <= elapsed < 0.9, elapsed
+        assert len(client.spool.pending()) == 20
+
+        # a fresh process finding that backlog: close() tries once more, within its ~1 s budget even
+        # though this client would wait 5 s per request
+        later = MirrorClient(url, spool_dir=tmp_path / "spool", timeout=5.0)
+        t0 = time.perf_counter()
+        later.close()
+        assert time.perf_counter() - t0 < client_mod.CLOSE_BUDGET + 0.4
+    assert len(later.spool.pending()) == 20
+
+
+def test_an_unreachable_mirror_costs_one_connect_timeout_per_call(fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_mod, "BACKOFF_START", 0.0)  # the back-off alone would allow an attempt per event
+    client = MirrorClient(URL, spool_dir=tmp_path / "spool")
+    fake.mode = "unreachable"
+    for e in events(10, call="a"):
+        client.send(e)
+    client.close()
+    assert fake.attempts == 1
+    other = MirrorClient(URL, spool_dir=tmp_path / "spool")
+    for e in events(10, call="b"):  # the next call tries once, and only once
+        other.send(e)
+    assert fake.attempts == 2 and len(other.spool.pending()) == 20
+    fake.mode = "up"
+    for e in events(1, call="c"):  # and a call that finds it back delivers everything, in order
+        other.send(e)
+    assert fake.attempts == 3 and len(fake.received) == 21 and not other.spool.maybe_pending()
+
+
+def call_events(call: str, result_bytes: int = 1000) -> list[Event]:
+    """What the runner sends for one call: start, progress, and a result carrying the full envelope."""
+    return [
+        Event(type="tool.start", session="s", call_id=call, data={"args": {}}),
+        *events(3, call=call),
+        Event(type="tool.result", session="s", call_id=call, data={"slim": {}, "result": {"blob": "x" * result_bytes}}),
+    ]
+
+
+def test_the_spool_is_bounded_by_dropping_the_stalest_whole_calls(fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(client_mod, "_drop_reported", threading.Event())
+    monkeypatch.setenv("TRAINSPECT_SPOOL_MAX_BYTES", "20000")
+    fake.mode = "refused"
+    sent = {f"call{i}": call_events(f"call{i}") for i in range(40)}  # ~1.8 KB a call: ~70 KB in all
+    for call in sent.values():
+        client = MirrorClient(URL, spool_dir=tmp_path / "spool")  # one CLI process per call
+        for e in call:
+            client.send(e)
+        client.close()
+        assert client.spool.path.stat().st_size <= 20000
+    kept = [json.loads(line)["call_id"] for line, _ in client.spool.pending()]
+    survivors = list(dict.fromkeys(kept))
+    assert 7 <= len(survivors) < 40 and survivors == list(sent)[-len(survivors):]  # the newest calls, in order
+    assert all(kept.count(c) == 5 for c in survivors)  # each whole
+    [warning] = [r.getMessage() for r in caplog.records if "spool" in r.getMessage()]  # once per process, though it dropped repeatedly
+    assert "TRAINSPECT_SPOOL_MAX_BYTES" in warning and "20000-byte bound" in warning and "dropped the stalest" in warning
+
+    fake.mode = "up"
+    assert MirrorClient(URL, spool_dir=tmp_path / "spool").flush() is True
+    assert fake.received == [e.event_id for c in survivors for e in sent[c]]
+
+
+def test_a_call_bigger_than_the_spool_keeps_its_latest_events(fake: FakeMirror, tmp_path: Path) -> None:
+    fake.mode = "refused"
+    client = MirrorClient(URL, spool_dir=tmp_path / "spool", spool_max=5000)
+    run = [Event(type="training.watch.step", session="s", call_id="run", data={"snapshot": {"step": i, "loss": 1.0}}) for i in range(200)]
+    for e in run[:100] + events(5, call="tool") + run[100:]:  # a tool call while the run streams: the run is the live one
+        client.send(e)
+        assert json.loads(client.spool.pending()[-1][0])["event_id"] == e.event_id  # the newest event always stays
+    kept = [json.loads(line) for line, _ in client.spool.pending()]
+    assert client.spool.path.stat().st_size <= 5000
+    assert [e["event_id"] for e in kept] == [e.event_id for e in run[-len(kept):]]  # a contiguous tail, nothing of "tool"
+    assert len(kept) > 20
+
+
+def test_the_spool_drops_the_call_whose_latest_event_is_oldest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, URL, max_bytes=1000)
+
+    def line(i: int, call: str) -> bytes:  # 100 bytes with its newline
+        head = f'{{"event_id":"{i:03d}","type":"x","session":"s","call_id":"{call}","data":{{"pad":"'
+        return (head + "p" * (96 - len(head)) + '"}}').encode()
+
+    sent = [line(i, "tool" if i == 4 else "run") for i in range(11)]  # a tool call in the middle of a live run
+    with spool.locked():
+        assert [spool.append([x]) for x in sent[:10]] == [None] * 10  # 1000 bytes: at the bound, not past it
+        assert spool.append([sent[10]]) == Dropped(events=4, calls=2, bytes=400)
+        assert [x for x, _ in spool.pending()] == [sent[3], *sent[5:]]  # the tool call went whole, the run kept its latest 3/4
+        assert spool.path.stat().st_size == 700
+
+
+def test_a_zero_bound_spools_nothing_and_a_bad_bound_falls_back(fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    fake.mode = "refused"
+    monkeypatch.setenv("TRAINSPECT_SPOOL_MAX_BYTES", "0")
+    client = MirrorClient(URL, spool_dir=tmp_path / "spool")
+    for e in call_events("c"):
+        client.send(e)
+    assert client.spool.pending() == [] and not client.spool.maybe_pending()
+    for bad in ("lots", "-1"):
+        monkeypatch.setenv("TRAINSPECT_SPOOL_MAX_BYTES", bad)
+        assert client_mod.spool_max_bytes() == client_mod.SPOOL_MAX_DEFAULT
+        assert f"TRAINSPECT_SPOOL_MAX_BYTES={bad!r} is not a whole number of bytes" in caplog.text
+
+
+def test_a_line_torn_by_a_killed_writer_is_set_aside_and_the_rest_flow(fake: FakeMirror, tmp_path: Path) -> None:
+    client = MirrorClient(URL, spool_dir=tmp_path / "spool")
+    fake.mode = "refused"
+    first = events(2)
+    for e in first:
+        client.send(e)
+    with open(client.spool.path, "ab") as f:
+        f.write(b'{"event_id":"torn","type":"tool.res')  # the process died here
+    later = events(2)
+    for e in later:
+        client.send(e)
+    fake.mode = "up"
+    assert client.flush() is True
+    assert fake.received == [e.event_id for e in first + later]
+    [rejected] = map(json.loads, client.spool.rejected.read_text().splitlines())
+    assert rejected["reason"].startswith("HTTP 422") and rejected["line"].startswith('{"event_id":"torn"')
 
 
 def test_clients_sharing_a_spool_deliver_everything_once_each_in_its_order(tmp_path: Path) -> None:
