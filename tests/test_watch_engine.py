@@ -44,6 +44,16 @@ def test_nine_rising_steps_do_not_diverge(tmp_path: Path) -> None:
     assert fired(tmp_path, rows) == []
 
 
+@pytest.mark.parametrize("last, severity", [(2.5, "warn"), (2.51, "critical")])
+def test_divergence_counts_equal_losses_and_is_critical_only_above_half(tmp_path: Path, last: float, severity: str) -> None:
+    # steps 21..30: equal neighbours still count as "each >= the one before"; rise exactly 0.5 is not > 0.5
+    tail = [2.0, 2.0, 2.0, 2.0, 2.0, 2.25, 2.25, 2.5, 2.5, last]
+    result = watch(write_jsonl(tmp_path / "m.jsonl", steps(20) + steps(10, start=21, loss=lambda i: tail[i - 21])))
+    (s,) = result.signals
+    assert (s.type, s.severity, s.step) == ("loss_diverging", severity, 30)
+    assert s.value == pytest.approx(last - 2.0)
+
+
 def test_flat_line_is_a_plateau_not_a_divergence(tmp_path: Path) -> None:
     assert fired(tmp_path, steps(20, loss=2.0, epoch=3)) == [("loss_plateau", "info", 20)]
 
@@ -68,6 +78,24 @@ def test_spike_near_misses(tmp_path: Path) -> None:
     assert fired(tmp_path, grads({31: 4.9})) == []  # 4.9× the baseline
     low = steps(40, max_grad=lambda i: 0.9 if i == 31 else 0.1)  # 9× but not above 1.0
     assert fired(tmp_path, low) == []
+
+
+def test_spike_baseline_is_exactly_the_previous_twenty_values(tmp_path: Path) -> None:
+    # steps 1-10 log 10.0, 11-30 log 1.0: only a baseline of exactly steps 11..30 makes 5.5 at step 31 a
+    # 5.5× spike (21 values: 3.85×; the whole history: 1.4×; counting step 31 itself: 4.5×)
+    rows = steps(31, max_grad=lambda i: 10.0 if i <= 10 else 5.5 if i == 31 else 1.0)
+    assert fired(tmp_path, rows) == [("gradient_spike", "warn", 31)]
+
+
+@pytest.mark.parametrize("base, spike, want", [
+    (1.0, 5.0, []),  # exactly 5× is not above 5×
+    (1.0, 20.0, [("gradient_spike", "warn", 31)]),  # exactly 20× is a warning, not critical
+    (1.0, 20.5, [("gradient_spike", "critical", 31)]),
+    (0.1, 1.0, []),  # 10× the baseline but not above 1.0
+    (0.1, 1.01, [("gradient_spike", "warn", 31)]),
+])
+def test_spike_limits_are_strict(tmp_path: Path, base: float, spike: float, want: list) -> None:
+    assert fired(tmp_path, steps(40, max_grad=lambda i: spike if i == 31 else base)) == want
 
 
 def test_spike_waits_for_a_full_baseline(tmp_path: Path) -> None:
@@ -102,6 +130,19 @@ def test_dead_layers_names_every_dead_layer(tmp_path: Path) -> None:
     result = watch(write_jsonl(tmp_path / "m.jsonl", norms({MLP: range(20, 60), MLP2: range(9, 60)}, n=50)))
     got = sorted((s.step, s.type, s.severity, tuple(s.layers)) for s in result.signals)
     assert got == [(13, "dead_layers", "warn", (MLP2,)), (43, "dead_layers", "warn", tuple(sorted([MLP, MLP2])))]
+
+
+def test_a_layer_that_stays_dead_is_named_again_once_per_cooldown(tmp_path: Path) -> None:
+    result = watch(write_jsonl(tmp_path / "m.jsonl", norms({MLP: range(1, 71)}, n=70)))
+    assert [(s.type, s.step, s.layers) for s in result.signals] == [("dead_layers", n, [MLP]) for n in (5, 35, 65)]
+    assert [s.message.endswith(f"{MLP} ({n} steps)") for s, n in zip(result.signals, (5, 35, 65))] == [True] * 3
+
+
+def test_a_recovered_layer_starts_a_new_streak(tmp_path: Path) -> None:
+    # dead 1-33 (fires at 5), one healthy step at 34, dead again from 35: the cooldown is over at 35 but
+    # the new streak only reaches 5 at step 39
+    dead = [n for n in range(1, 60) if n != 34]
+    assert fired(tmp_path, norms({MLP: dead}, n=59)) == [("dead_layers", "warn", 5), ("dead_layers", "warn", 39)]
 
 
 def test_dead_streak_of_four_does_not_fire(tmp_path: Path) -> None:
@@ -146,6 +187,13 @@ def test_plateau_uses_population_variance() -> None:
     amp = math.sqrt(0.00399)
     out = [s for i in range(1, 21) for s in engine.observe(StepSnapshot(step=i, loss=2.0 + amp * (-1) ** i))]
     assert [(s.type, s.step) for s in out] == [("loss_plateau", 20)]
+
+
+@pytest.mark.parametrize("ratio, want", [(0.25, []), (0.2501, [("loss_plateau", 20)])])
+def test_plateau_limit_is_strict(ratio: float, want: list) -> None:
+    # losses 3, 1, 3, 1…: mean 2, population variance exactly 1 = 0.25 × mean², not below it
+    engine = SignalEngine(EngineConfig(plateau_ratio=ratio))
+    assert [(s.type, s.step) for i in range(1, 21) for s in engine.observe(StepSnapshot(step=i, loss=2.0 + (-1) ** i))] == want
 
 
 def test_all_zero_loss_is_a_plateau(tmp_path: Path) -> None:

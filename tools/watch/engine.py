@@ -14,6 +14,11 @@ Decisions on the edges the design leaves open (tests pin each one):
   measurement); a NaN grad norm breaks that layer's dead streak.
 - A layer missing from a step's gradNorms keeps its streak unchanged (work stays proportional to the
   layers reported in that step).
+- Firing does not reset a streak; only a norm at or above the limit (or NaN) does. So a layer that stays
+  dead is named again each time the cooldown lets its type fire (step 5, 35, 65, … with the streak length
+  in the message), a reminder at the same pace as a lasting plateau; a layer that recovers and dies again
+  fires on the 5th step of its new streak; one that crosses the streak during its type's cooldown is
+  named when the cooldown ends.
 - The spike detector waits for a full window of `spike_window` previous maxGrad values.
 """
 from __future__ import annotations
@@ -196,7 +201,7 @@ class SignalEngine:
             fired.append(self._fire(
                 "gradient_spike", "critical" if critical else "warn", step, "maxGrad", max_grad, limit * base, [],
                 f"max grad norm {max_grad:.4g} is {ratio:.3g}× the mean of the previous {cfg.spike_window} "
-                f"steps ({base:.4g})"))
+                f"logged values ({base:.4g})"))
 
     def _update_streaks(self, norms: dict[str, float]) -> None:
         thr = self.config.dead_grad_norm
@@ -223,11 +228,12 @@ class SignalEngine:
         norms = snap.grad_norms or {}
         value = max((norms[n] for n in dead if n in norms), default=0.0)
         what = "attention layer" if kind == "attention_head_dead" else "layer"
-        shown = ", ".join(dead[:8]) + (f" and {len(dead) - 8} more" if len(dead) > 8 else "")
+        shown = ", ".join(f"{name} ({streaks[name]} steps)" for name in dead[:8])
+        more = f" and {len(dead) - 8} more" if len(dead) > 8 else ""
         fired.append(self._fire(
             kind, "warn", step, "gradNorm", value, cfg.dead_grad_norm, dead,
             f"{len(dead)} {what}{'s' if len(dead) > 1 else ''} with grad norm below {cfg.dead_grad_norm:g} for "
-            f"{cfg.dead_streak}+ consecutive steps: {shown}"))
+            f"{cfg.dead_streak}+ consecutive logged steps: {shown}{more}"))
 
     def _check_plateau(self, step: int, epoch: float | None, fired: list[Signal]) -> None:
         cfg = self.config
@@ -243,11 +249,13 @@ class SignalEngine:
             at = f"epoch {epoch:.4g}" if epoch is not None else "an unknown epoch"
             fired.append(self._fire(
                 "loss_plateau", "info", step, "loss_variance_ratio", ratio, cfg.plateau_ratio, [],
-                f"loss has plateaued at {at}: variance over the last {cfg.plateau_window} steps is "
+                f"loss has plateaued at {at}: variance over the last {cfg.plateau_window} logged steps is "
                 f"{ratio:.2e} of mean² (mean {mean:.4g}); healthy convergence or a stalled run"))
 
     def dead_layers(self) -> list[str]:
         """Layers (attention or not) currently at or past the dead streak."""
+        if not (self.attn_streaks or self.layer_streaks):
+            return []  # the healthy common case, once per logged step
         n = self.config.dead_streak
         return sorted(name for streaks in (self.attn_streaks, self.layer_streaks) for name, c in streaks.items() if c >= n)
 
