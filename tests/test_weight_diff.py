@@ -86,6 +86,7 @@ def test_chunked_delta_operator_matches_dense(monkeypatch: pytest.MonkeyPatch) -
     assert op.fro == pytest.approx(ref["fro"], rel=1e-6)
     assert op.base_fro == pytest.approx(float(old.double()[:, 32:64].norm()), rel=1e-6)
     assert sigma_max(op) == pytest.approx(ref["sigma"], rel=RTOL)
+    assert compute.Workspace().norm(old[:, 32:64]) == pytest.approx(float(old.double()[:, 32:64].norm()), rel=1e-6)
 
 
 def test_lowrank_spectrum_matches_formed_product() -> None:

@@ -46,6 +46,15 @@ class Workspace:
         delta = self._buffer("delta", new.shape).copy_(new).sub_(old32)
         return delta, float(torch.linalg.vector_norm(delta)) ** 2, float(torch.linalg.vector_norm(old32)) ** 2
 
+    def norm(self, t: torch.Tensor) -> float:
+        """‖t‖_F in float32, upcasting at most CHUNK_ELEMENTS values at a time."""
+        if t.dtype == torch.float32:
+            return float(torch.linalg.vector_norm(t))
+        rows = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)
+        step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
+        return math.sqrt(sum(float(torch.linalg.vector_norm(self._buffer("old", rows[s:s + step].shape).copy_(rows[s:s + step]))) ** 2
+                             for s in range(0, rows.shape[0], step)))
+
 
 class DeltaOperator:
     """ΔW = new − old (optionally a column range) with its Frobenius norm and the base's.
@@ -139,7 +148,7 @@ def _measure_dense(key: str, old: torch.Tensor, new: torch.Tensor, work: Workspa
     return out
 
 
-def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor) -> list[Measured]:
+def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor, work: Workspace) -> list[Measured]:
     placement = place(key, tuple(old.shape))
     left, right = pair.left(), pair.right()
     out = []
@@ -148,7 +157,7 @@ def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor) -> list[Measured]
         spectrum = lowrank_spectrum(left, r, pair.scale)
         matrix = part.matrix if placement.section == "layer" else None
         out.append(Measured(key, placement.section, placement.layer, matrix, (w.shape[0], w.shape[1]), spectrum.fro,
-                            float(torch.linalg.vector_norm(w.float())), spectrum, lora_rank=pair.rank))
+                            work.norm(w), spectrum, lora_rank=pair.rank))
     return out
 
 
@@ -205,7 +214,7 @@ def _collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment,
         ahead = _prefetch(base, ckpt, work, i, ahead)
         old = base.get(key)
         if pair is not None:
-            measured = _measure_lora(key, pair, old)
+            measured = _measure_lora(key, pair, old, workspace)
         else:
             new = ckpt.get(key)
             if not (old.is_floating_point() and new.is_floating_point()):
