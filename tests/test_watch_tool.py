@@ -201,12 +201,20 @@ def test_table_lists_signals_and_summary(tmp_path: Path) -> None:
     assert "steps      70 (1–70)" in text and "bad lines  1: line 71: invalid JSON" in text
 
 
-def test_replay_of_a_long_signal_stream_caps_live_events(tmp_path: Path) -> None:
-    rows = steps(20_000, grad_norms={MLP: 0.0})  # a layer dead the whole run: dead_layers every 30 steps
+def test_a_long_signal_stream_is_capped_without_hiding_a_rarer_signal(tmp_path: Path) -> None:
+    # a layer dead the whole run (dead_layers every 30 steps) and one late spike of the same severity
+    rows = steps(20_000, grad_norms={MLP: 0.0}, max_grad=lambda i: 10.0 if i == 19_000 else 1.0)
     reporter = RecordingReporter()
     result = watch(write_jsonl(tmp_path / "m.jsonl", rows), reporter, max_signals=10)
-    assert result.signals_total == result.summary.signals_by_type["dead_layers"] == len(range(5, 20_001, 30))
+    dead = len(range(5, 20_001, 30))
+    assert result.signals_total == dead + 1 and result.summary.signals_by_type["dead_layers"] == dead
     assert len(result.signals) == 10 and len(reporter.of("training.watch.signal")) == 200
+    assert [(s.type, s.step) for s in result.signals if s.type == "gradient_spike"] == [("gradient_spike", 19_000)]
+    assert [(g.type, g.count, g.first_step, g.last_step) for g in result.groups] == [
+        ("gradient_spike", 1, 19_000, 19_000), ("dead_layers", dead, 5, 19_985)]
+    text = SPEC.table(result)
+    assert sum(line.startswith("warn") and " dead_layers " in line for line in text.splitlines()) == 3  # then one line
+    assert f"… dead_layers ×{dead - 3} more, steps 5–19985" in text
 
 
 # ----- MCP: an agent asks again and gets only what is new ---------------------------------------

@@ -250,7 +250,8 @@ class SignalEngine:
             fired.append(self._fire(
                 "loss_plateau", "info", step, "loss_variance_ratio", ratio, cfg.plateau_ratio, [],
                 f"loss has plateaued at {at}: variance over the last {cfg.plateau_window} logged steps is "
-                f"{ratio:.2e} of mean² (mean {mean:.4g}); healthy convergence or a stalled run"))
+                f"{ratio:.2e} of mean² (mean {mean:.4g}, {window.values[0]:.4g} → {window.values[-1]:.4g} across "
+                f"them); healthy convergence or a stalled run"))
 
     def dead_layers(self) -> list[str]:
         """Layers (attention or not) currently at or past the dead streak."""

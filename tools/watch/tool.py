@@ -13,13 +13,14 @@ from session.state import Session
 from toolserver.registry import Finding, FollowUp, Outcome, Reporter, ToolError, ToolSpec, register
 from tools.watch.engine import EngineConfig
 from tools.watch.readers import FORMAT_HINT, Format, detect_format
-from tools.watch.snapshot import SEVERITY_RANK, Signal, StepSnapshot, severity_key
+from tools.watch.snapshot import SEVERITY_RANK, SIGNAL_TYPES, Severity, Signal, SignalType, StepSnapshot, severity_key
 from tools.watch.watcher import SERIES_POINTS, RunSummary, RunWatcher, default_run_name, load_state, save_state
 
 POLL_S = 0.2
 LIVE_SIGNAL_CAP = 200  # live signal events per replay; the result holds the rest
 STEP_EVENTS_PER_S = 10  # live step events in follow mode (steps that fire a signal always go out)
 SLIM_SIGNALS = 100
+TABLE_ROWS_PER_TYPE = 3  # a lasting condition re-fires every cooldown: the table shows a few, then a count
 
 
 class WatchInput(EngineConfig):
@@ -28,13 +29,23 @@ class WatchInput(EngineConfig):
     idle_timeout_s: float = Field(300.0, ge=0, description="in follow mode, stop after this many seconds without new data (0: never)")
     since_last: bool = Field(False, description="continue from where the previous watch call on this file stopped: only new signals are returned")
     run: str | None = Field(None, description="name for this run on the web card (default: the file's folder and name)")
-    max_signals: int = Field(50, ge=1, le=1000, description="signals listed in the result, most severe first (counts cover all)")
+    max_signals: int = Field(50, ge=1, le=1000, description="signals listed in the result: each type's worst first, then the rest most severe first (counts cover all)")
 
 
 class Series(BaseModel):
     step: list[int]
     loss: list[float | None]
     maxGrad: list[float | None]
+
+
+class SignalGroup(BaseModel):
+    """Every signal of one type fired during the call: a lasting condition fires once per cooldown."""
+
+    type: SignalType
+    severity: Severity = Field(description="the worst severity it fired with")
+    count: int
+    first_step: int
+    last_step: int
 
 
 class WatchResult(BaseModel):
@@ -44,8 +55,10 @@ class WatchResult(BaseModel):
     since_last: bool = Field(description="true when this result covers only data new since the previous call")
     new_steps: int = Field(description="steps read by this call")
     summary: RunSummary = Field(description="cumulative over the whole run read so far")
-    signals: list[Signal] = Field(description="signals fired during this call, most severe first (capped by max_signals)")
+    signals: list[Signal] = Field(description="signals fired during this call, most severe first (capped by max_signals; "
+                                              "every type that fired is represented)")
     signals_total: int = Field(description="signals fired during this call")
+    groups: list[SignalGroup] = Field(description="signals fired during this call per type: worst severity first, ties in priority order")
     notes: list[str] = Field(default_factory=list)
     series: Series = Field(description=f"downsampled to at most {SERIES_POINTS} points: last step, mean loss, max maxGrad per bucket")
 
@@ -152,8 +165,8 @@ def run(session: Session | None, args: WatchInput, reporter: Reporter) -> Outcom
     fired.sort(key=severity_key)
     result = WatchResult(
         run=run_name, metrics=str(path.resolve()), format=watcher.format, since_last=resumed, new_steps=steps,
-        summary=summary, signals=fired[: args.max_signals], signals_total=len(fired), notes=notes,
-        series=Series(**watcher.sampler.series()),
+        summary=summary, signals=pick(fired, args.max_signals), signals_total=len(fired), groups=group(fired),
+        notes=notes, series=Series(**watcher.sampler.series()),
     )
     reporter.emit("training.watch.summary", {"run": run_name, "summary": summary.model_dump(mode="json")})
     return Outcome(result, findings(result, fired), follow_ups(path, args))
@@ -166,17 +179,44 @@ def _no_steps(path: Path, summary: RunSummary) -> str:
     return f"no step events in {path}: {summary.skipped_rows} rows, none with a training loss"
 
 
+def pick(fired: list[Signal], limit: int) -> list[Signal]:
+    """Up to `limit` of the signals (sorted most severe first): each type's worst goes in before any
+    repeat, so a condition re-firing every cooldown cannot crowd a one-off spike out of the list."""
+    firsts: dict[str, int] = {}
+    for i, s in enumerate(fired):
+        firsts.setdefault(s.type, i)
+    chosen = set(list(firsts.values())[:limit])
+    for i in range(len(fired)):
+        if len(chosen) >= limit:
+            break
+        chosen.add(i)
+    return [fired[i] for i in sorted(chosen)]
+
+
+def group(fired: list[Signal]) -> list[SignalGroup]:
+    """Per type: worst severity first, ties in the engine's priority order (`fired` is sorted most severe first)."""
+    groups: dict[str, SignalGroup] = {}
+    for s in fired:
+        g = groups.get(s.type)
+        if g is None:
+            groups[s.type] = SignalGroup(type=s.type, severity=s.severity, count=1, first_step=s.step, last_step=s.step)
+        else:
+            g.count += 1
+            g.first_step, g.last_step = min(g.first_step, s.step), max(g.last_step, s.step)
+    return sorted(groups.values(), key=lambda g: (SEVERITY_RANK[g.severity], SIGNAL_TYPES.index(g.type)))
+
+
+def _steps(g: SignalGroup) -> str:
+    return f"step {g.first_step}" if g.count == 1 else f"steps {g.first_step}–{g.last_step}"
+
+
 def findings(result: WatchResult, fired: list[Signal]) -> list[Finding]:
     """One line per signal type (worst first), then what limited the analysis. `fired` is sorted by severity."""
-    out: list[Finding] = []
-    by_type: dict[str, list[Signal]] = {}
+    worst: dict[str, Signal] = {}
     for s in fired:
-        by_type.setdefault(s.type, []).append(s)
-    for kind, signals in sorted(by_type.items(), key=lambda kv: severity_key(kv[1][0])):
-        worst = signals[0]
-        first = min(s.step for s in signals)
-        out.append(Finding(severity=worst.severity,
-                           text=f"{kind} ×{len(signals)} (first at step {first}): {worst.message} [step {worst.step}]"))
+        worst.setdefault(s.type, s)
+    out = [Finding(severity=g.severity, text=f"{g.type} ×{g.count} ({_steps(g)}): {worst[g.type].message} "
+                                             f"[step {worst[g.type].step}]") for g in result.groups]
     s = result.summary
     if not result.signals_total and s.steps_seen:
         loss = f"loss {s.loss_first:.4g} → {s.loss_last:.4g}" if s.loss_first is not None and s.loss_last is not None else "no finite loss"
@@ -219,10 +259,14 @@ def table(result: WatchResult) -> str:
     lines = [f"watch {result.run} ({result.format}: {result.metrics})"]
     if result.signals:
         lines.append(f"{'severity':<9}{'step':>8}  {'signal':<20}{'value':>10}  message")
+        listed: dict[str, list[Signal]] = {}
         for sig in result.signals:
-            lines.append(f"{sig.severity:<9}{sig.step:>8}  {sig.type:<20}{_num(sig.value):>10}  {sig.message}")
-        if result.signals_total > len(result.signals):
-            lines.append(f"… {result.signals_total - len(result.signals)} more signals (raise --max-signals)")
+            listed.setdefault(sig.type, []).append(sig)
+        for g in result.groups:
+            rows = listed.get(g.type, [])[:TABLE_ROWS_PER_TYPE]
+            lines += [f"{sig.severity:<9}{sig.step:>8}  {sig.type:<20}{_num(sig.value):>10}  {sig.message}" for sig in rows]
+            if g.count > len(rows):
+                lines.append(f"{'':19}… {g.type} ×{g.count - len(rows)} more, {_steps(g)} (--output json lists up to --max-signals)")
     else:
         lines.append("no signals" + (" since the last call" if result.since_last else ""))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(s.signals_by_severity.items(), key=lambda kv: SEVERITY_RANK[kv[0]]))
@@ -231,7 +275,8 @@ def table(result: WatchResult) -> str:
         f"steps      {s.steps_seen} ({s.first_step}–{s.last_step}); this call {result.new_steps}",
         f"loss       first {_num(s.loss_first)}  last {_num(s.loss_last)}  min {_num(s.loss_min)}"
         + (f"  non-finite {s.nonfinite_losses}" if s.nonfinite_losses else ""),
-        f"maxGrad    max {_num(s.max_grad_max)}" + (f" at step {s.max_grad_max_step}" if s.max_grad_max_step is not None else ""),
+        f"maxGrad    max {_num(s.max_grad_max)} at step {s.max_grad_max_step}" if s.max_grad_max is not None
+        else "maxGrad    none logged (spike detector idle)",
         f"layers     {s.layers_reported} per step" if s.layers_reported else "layers     none reported (dead-layer detectors idle)",
         f"signals    {counts or 'none'}",
     ]
