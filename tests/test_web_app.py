@@ -103,6 +103,24 @@ def test_unknown_event_types_and_oversized_batches_are_rejected(client: TestClie
     assert client.post("/api/events", json=[]).status_code == 422
 
 
+def test_text_utf8_cannot_carry_is_stored_as_u_fffd_or_refused_by_field_never_a_500(client: TestClient) -> None:
+    raw = b'{"type":"tool.start","session":"s","call_id":"c","data":{"tool":"t","args":{"path":"a\\ud800b","k\\udfff":1}}}'
+    assert client.post("/api/events", content=raw, headers={"content-type": "application/json"}).status_code == 200
+    assert client.get("/api/sessions/s/cards").json()["cards"][0]["args"] == {"path": "a\ufffdb", "k\ufffd": 1}
+
+    r = client.post("/api/events", content=raw.replace(b'"session":"s"', b'"session":"s\\ud800"'), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "IngestEvent", "session"]
+
+
+def test_a_refused_batch_is_not_echoed_back(client: TestClient) -> None:
+    bad = [ev("tool.nope", "s", "c", blob="x" * 1000) for _ in range(1000)]
+    r = client.post("/api/events", json=bad)
+    assert r.status_code == 422 and len(r.content) < 5000
+    detail = r.json()["detail"]
+    assert len(detail) == 20 and detail[1]["loc"] == ["body", "list[IngestEvent]", 0, "type"]
+    assert all(set(d) == {"type", "loc", "msg"} for d in detail)
+
+
 def test_request_bodies_are_size_limited(tmp_path: Path) -> None:
     c = TestClient(create_app(tmp_path / "home", max_body=10_000))
     big = ev("tool.result", "s", "c", result={"blob": "x" * 20_000})
@@ -140,6 +158,16 @@ def test_the_store_keeps_order_and_results_across_reopen(tmp_path: Path) -> None
     again = Store.in_home(tmp_path)
     assert [e.data["fraction"] for e in again.events("s")] == [i / 10 for i in range(10)]
     assert sqlite3.connect(again.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_an_unusable_state_directory_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ToolError, match=f"cannot open the mirror's database {tmp_path / 'file' / 'mirror.sqlite3'}"):
+        create_app(tmp_path / "file")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "mirror.sqlite3").write_bytes(b"garbage, not SQLite" * 100)
+    with pytest.raises(ToolError, match="mirror.sqlite3: file is not a database"):
+        create_app(tmp_path / "home")
 
 
 def _read_sse(url: str, headers: dict[str, str], n: int, out: list[dict], timeout: float = 10) -> None:

@@ -119,13 +119,15 @@ def test_a_refused_event_goes_to_the_rejected_file_and_the_rest_flow(fake: FakeM
     assert rejected["event_id"] == batch[3].event_id and rejected["reason"] == "HTTP 422: body.0.data: poisoned"
 
 
-def test_non_finite_numbers_survive_the_wire(tmp_path: Path) -> None:
+def test_non_finite_numbers_and_undecodable_names_survive_the_wire(tmp_path: Path) -> None:
     seen: list[Any] = []
     client = MirrorClient(URL, spool_dir=tmp_path / "spool")
     with respx.mock() as router:
         router.post(f"{URL}/api/events").mock(side_effect=lambda r: (seen.append(json.loads(r.content)), httpx.Response(200, json={}))[1])
         client.send(Event(type="training.watch.step", session="s", call_id="run", data={"snapshot": {"step": 1, "loss": float("nan"), "maxGrad": float("inf")}}))
+        client.send(Event(type="tool.start", session="s", call_id="c", data={"args": {"checkpoint": os.fsdecode(b"/runs/\xff.pt")}}))
     assert seen[0][0]["data"]["snapshot"] == {"step": 1, "loss": "NaN", "maxGrad": "Infinity"}
+    assert seen[1][0]["data"]["args"] == {"checkpoint": "/runs/\ufffd.pt"}  # a file name that is not UTF-8
 
 
 def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,9 +14,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
@@ -26,10 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from web_mirror.cards import fold
 from web_mirror.events import Event
 from web_mirror.store import Store
+from web_mirror.wire import wire_value
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 8 * 1024 * 1024  # a full weight-diff envelope of a large model is well under this
 MAX_BATCH = 1000
+MAX_ERRORS = 20  # validation errors listed in a 422 (a bad 1000-event batch could have thousands)
 STREAM_BATCH = 500
 COALESCE_S = 0.005  # after a wake-up, let a burst of single-event POSTs gather into one stream message
 EVENT_TYPE = r"^(tool\.(start|progress|result|error)|training\.watch\..+|simulate\..+)$"
@@ -148,13 +151,14 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
         description="Live cards of every trainspect tool call.",
         max_body_size=max_body,
         lifespan=_closing(store),
+        exception_handlers={RequestValidationError: _invalid_request},
     )
     # the schema declares auth (and its 401) exactly when it is enforced
     api = [Depends(authorised)] if token else []
     errors: dict[int | str, dict[str, Any]] = {401: {"model": Problem, "description": "missing or wrong token"}} if token else {}
 
     @app.post("/api/events", dependencies=api, responses={
-        **errors, 400: {"model": Problem, "description": "body is not JSON"}, 413: _TOO_LARGE})
+        **errors, 400: {"model": Problem, "description": "the body could not be read"}, 413: _TOO_LARGE})
     async def post_events(events: Annotated[IngestEvent | EventBatch, Body()]) -> IngestReply:
         """Store one event or an ordered batch; replays (same event_id) are ignored."""
         batch = events if isinstance(events, list) else [events]
@@ -234,6 +238,14 @@ class _Hardening:
             await send(message)
 
         await self.app(scope, receive, send_hardened if scope["type"] == "http" else send)
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 body minus its echo of the input: a refused 8 MiB batch is not sent back, and input
+    UTF-8 cannot encode (a lone surrogate) cannot turn the 422 into a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in errors[:MAX_ERRORS]]
+    return JSONResponse(wire_value({"detail": detail}), status_code=422)
 
 
 def _closing(store: Store) -> Any:

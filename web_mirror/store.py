@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolserver.registry import ToolError
 from web_mirror.events import Event
-from web_mirror.wire import dumps, finite_json
+from web_mirror.wire import dumps, wire_value
 
 DB_NAME = "mirror.sqlite3"
 
@@ -79,12 +80,15 @@ class Store:
     """One connection, serialised by a lock: SQLite writes are serial anyway and reads are microseconds."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise ToolError(f"cannot open the mirror's database {path}: {e}", "point $TRAINSPECT_HOME (or --home) at a writable directory, or move a damaged file aside") from None
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -116,7 +120,7 @@ class Store:
                 full = data.pop("result", None) if ev.type == "tool.result" else None
                 if full is not None:
                     data["has_result"] = True
-                slim = finite_json(data)
+                slim = wire_value(data)
                 cur = db.execute(
                     "INSERT OR IGNORE INTO events (event_id, type, session, call_id, ts, data) VALUES (?,?,?,?,?,?)",
                     (ev.event_id, ev.type, ev.session, ev.call_id, ev.ts, dumps(slim)),
