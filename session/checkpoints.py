@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -73,7 +73,7 @@ class _SafetensorsFile:
         try:
             return self._f.get_tensor(raw_key)
         except SafetensorError as e:
-            raise ToolError(f"{path_key(self.path, raw_key)} is unreadable: {_first_line(e)}") from None
+            raise ToolError(f"{self.path}[{raw_key}] is unreadable: {_first_line(e)}") from None
 
 
 class _TorchFile:
@@ -155,10 +155,6 @@ def will_need(tensor: torch.Tensor) -> None:
                   _MADV_WILLNEED)
 
 
-def path_key(path: Path, key: str) -> str:
-    return f"{path}[{key}]"
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else ""
@@ -200,9 +196,6 @@ class CheckpointReader:
         if key in self._index:
             will_need(self.get(key))
 
-    def raw_key(self, key: str) -> str:
-        return self._entry(key)[1]
-
     def lora_pairs(self) -> dict[str, LoraPair]:
         """Normalised base-weight key -> its LoRA pair (factors read when asked for)."""
         return dict(self._pairs)
@@ -234,7 +227,8 @@ class CheckpointReader:
         self.close()
 
 
-def _index_sources(path: Path, sources: list[tuple[_Source, list[str]]], rename: Any = None) -> dict[str, tuple[_Source, str]]:
+def _index_sources(path: Path, sources: list[tuple[_Source, list[str]]],
+                   rename: Callable[[str], str] | None = None) -> dict[str, tuple[_Source, str]]:
     index: dict[str, tuple[_Source, str]] = {}
     for source, raw_keys in sources:
         for raw in raw_keys:
