@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from web_fixtures import ROOT, MirrorServer, browser_page, chromium_path, ev, mirror_server, tool_call
 
@@ -130,6 +131,11 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(server: MirrorServer, pa
     for payload in (a, b):
         assert payload in text  # shown, literally
 
+    # a session named in a hand-edited URL: not percent-decodable, hostile, still just a title
+    page.goto(f"{server.url}/#s=%E0{b}")
+    expect(page.locator("#session-title")).to_have_text(page.evaluate("location.hash.slice(3)"))  # as typed
+    assert page.evaluate("window.__xss") is None
+
 
 def test_the_watch_card_draws_sparklines_with_signal_markers_and_a_ranked_feed(server: MirrorServer, page: Any) -> None:
     open_session(page, server, "train")
@@ -173,6 +179,16 @@ def test_a_page_survives_a_server_restart_and_misses_nothing(server: MirrorServe
     server.post(tool_call("r", "before"))
     open_session(page, server, "r")
     card(page, "before")
+    refusals: list[str] = []
+
+    def refuse_once(route: Any) -> None:  # like a proxy's 502 while the mirror restarts: EventSource gives up on it
+        if refusals:
+            route.continue_()
+        else:
+            refusals.append(route.request.url)
+            route.fulfill(status=502, body="bad gateway")
+
+    page.route("**/api/sessions/r/stream?*", refuse_once)
     server.kill()
     page.wait_for_selector(".connection.down")
     server.start()
@@ -182,6 +198,7 @@ def test_a_page_survives_a_server_restart_and_misses_nothing(server: MirrorServe
     assert page.evaluate("window.__sameDocument") is True
     ids = page.eval_on_selector_all("article.card", "ns => ns.map(n => n.dataset.callId)")
     assert ids == ["after2", "after1", "before"]
+    assert len(refusals) == 1 and "after=" in refusals[0]
     assert page.eval_on_selector('article[data-call-id="after1"]', "n => n.dataset.status") == "ok"
 
 

@@ -6,6 +6,7 @@ import { clock, el, replace } from "./dom.js";
 import { applyEvent, newCard } from "./fold.js";
 
 const TOKEN_KEY = "trainspect-mirror-token";
+const RECONNECT_MS = 2000;
 const $ = (id) => document.getElementById(id);
 
 const state = { sessions: [], current: null, cards: new Map(), nodes: new Map(), lastSeq: 0, stream: null, dirty: new Set(), frame: 0 };
@@ -59,12 +60,23 @@ async function refreshSessions() {
     setConnection(`mirror unreachable (${e.message})`, "down");
     return;
   }
-  const wanted = decodeURIComponent(location.hash.replace(/^#s=/, "")) || null;
+  const wanted = hashSession();
   // a session named in the URL opens even before it exists: its first cards then arrive live
   const pick = wanted || state.current || (state.sessions[0] && state.sessions[0].id);
   renderSessions();
   if (pick && pick !== state.current) openSession(pick);
   if (!pick) replace($("feed"), el("p", { class: "empty" }, "No tool calls yet. Run one, e.g. ", el("code", {}, "trainspect weight-diff --checkpoint …"), " — its card appears here live."));
+}
+
+// "#s=<session>" names the session to show; anything else in the hash names none
+function hashSession() {
+  const m = /^#s=(.+)$/.exec(location.hash);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return m[1]; // not percent-encoded after all: take it as typed
+  }
 }
 
 function renderSessions() {
@@ -113,7 +125,12 @@ function connect(id) {
   const es = new EventSource(`/api/sessions/${encodeURIComponent(id)}/stream?${q}`);
   state.stream = es;
   es.onopen = () => setConnection("live", "live");
-  es.onerror = () => setConnection("reconnecting…", "down");
+  es.onerror = () => {
+    setConnection("reconnecting…", "down");
+    // EventSource retries a dropped connection by itself but gives up for good on an HTTP error (a
+    // proxy's 502 while the mirror restarts, say): then open a new stream after the last event seen
+    if (es.readyState === EventSource.CLOSED) setTimeout(() => state.stream === es && connect(id), RECONNECT_MS);
+  };
   es.addEventListener("mirror", (msg) => {
     if (state.stream !== es) return;
     for (const ev of JSON.parse(msg.data)) receive(ev);
