@@ -9,25 +9,24 @@ from session.catalog import CATALOG, CatalogEntry, lookup
 from session.models import is_loaded
 from session.resolve import model_dims, read_config, resolve_model
 from session.sae import SaeInfo, load_sae as load_sae_object, remember, sae_is_loaded
-from session.state import CallRecord, Session, check_id, list_sessions, load_session, set_current
+from session.state import MAX_HISTORY, CallRecord, Session, check_id, list_sessions, load_session, session_path, set_aside, set_current
 from toolserver.registry import ToolError
 
 RECENT_CALLS = 5
 
 
-def start_session(session_id: str, model_spec: str) -> Session:
+def start_session(session_id: str, model_spec: str) -> tuple[Session, Path | None]:
     """Resolve the model (config files only), persist the session and make it current.
 
     Restarting an id with the same model keeps it as it was (SAE, history); with another model the
     history is kept and the SAE and regression history, which belonged to the old model, are dropped.
+    An unreadable session file is renamed aside, never overwritten; its new path is returned.
     """
     check_id(session_id)
     resolved = resolve_model(model_spec)
     source = str(resolved.path)
-    try:
-        previous: Session | None = load_session(session_id)
-    except ToolError:  # none yet, or unreadable: start afresh
-        previous = None
+    kept = set_aside(session_id)
+    previous = load_session(session_id) if session_path(session_id).exists() else None
     if previous is not None and previous.model_source == source:
         session = previous
     else:
@@ -36,7 +35,7 @@ def start_session(session_id: str, model_spec: str) -> Session:
             session.history = previous.history
     session.save()
     set_current(session_id)
-    return session
+    return session, kept
 
 
 def catalog_entry(session: Session) -> CatalogEntry | None:
@@ -63,11 +62,8 @@ def load_sae(session: Session, spec: str) -> tuple[Session, SaeInfo]:
     path = Path(spec.strip()).expanduser()
     stored = str(path.resolve()) if path.exists() else spec.strip()  # absolute, so any cwd finds it
     sae, info = load_sae_object(stored, d_model=d_model, n_layers=n_layers, default_layer=default_layer(session))
-    fresh = load_session(session.id)  # re-read: another process may have appended history meanwhile
-    for target in (fresh, session):
-        target.sae, target.sae_hook, target.sae_layer = stored, info.hook, info.layer
-    fresh.save()
-    session.history = fresh.history
+    session.sae, session.sae_hook, session.sae_layer = stored, info.hook, info.layer
+    session.save()
     remember(session, stored, sae)
     return session, info
 
@@ -84,7 +80,7 @@ class SessionStatus(BaseModel):
     sae_hook: str | None
     sae_layer: int | None
     created_at: str
-    calls: int = Field(description="tool calls recorded in this session")
+    calls: int = Field(description=f"tool calls recorded in this session (the last {MAX_HISTORY} are kept)")
     recent_calls: list[CallRecord] = Field(description=f"the last {RECENT_CALLS} calls, oldest first")
     model_in_memory: bool = Field(description="the model is loaded in this process (MCP server) and reused")
     sae_in_memory: bool

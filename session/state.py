@@ -2,26 +2,31 @@
 
 Persisted as one JSON file per session under $TRAINSPECT_HOME/sessions, plus a `current` pointer,
 so `trainspect session start` and a later `trainspect weight-diff` in another process share it.
-Loaded models live only in memory (`Session.cache`), for the MCP server's lifetime.
+Several processes (CLI calls, MCP server threads) may save one session at once: `Session.save`
+merges under a file lock instead of overwriting (see there). Loaded models live only in memory
+(`Session.cache`), for the MCP server's lifetime.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from toolserver.registry import ToolError
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_HISTORY = 1000  # call records kept per session, oldest dropped first: the file is re-read on every call
 
 
 def home() -> Path:
-    return Path(os.environ.get("TRAINSPECT_HOME") or Path.home() / ".trainspect")
+    return Path(os.environ.get("TRAINSPECT_HOME") or Path.home() / ".trainspect").expanduser().absolute()
 
 
 def now_iso() -> str:
@@ -45,10 +50,11 @@ class Session(BaseModel):
     sae_hook: str | None = None
     sae_layer: int | None = None
     created_at: str = Field(default_factory=now_iso)
-    history: list[CallRecord] = Field(default_factory=list)
+    history: list[CallRecord] = Field(default_factory=list, description=f"tool calls, oldest first; the last {MAX_HISTORY} are kept")
     regressions: dict[str, list[float]] = Field(default_factory=dict)
 
     _cache: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _as_read: dict[str, Any] | None = PrivateAttr(default=None)  # the file's content when last read or written
 
     @property
     def cache(self) -> dict[str, Any]:
@@ -56,13 +62,48 @@ class Session(BaseModel):
         return self._cache
 
     def save(self) -> None:
+        """Write the session, merged with whatever another process saved since this copy was read.
+
+        Under an exclusive lock: call records are the file's plus the ones this copy added (the last
+        MAX_HISTORY kept); every other field takes this copy's value where this copy changed it, else
+        the file's. So concurrent calls never lose each other's history or settings. This object is
+        updated to what was written.
+        """
         path = session_path(self.id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # write-then-rename so a crash never leaves a half-written session behind
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{self.id}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        mine = self.model_dump(mode="json")
+        with _locked(path):
+            merged = _merge(_read(path).model_dump(mode="json"), mine, self._as_read) if path.exists() else mine
+            merged["history"] = merged["history"][-MAX_HISTORY:]
+            saved = Session.model_validate(merged)
+            _write_atomic(path, saved.model_dump_json(indent=2))
+        for name in Session.model_fields:
+            setattr(self, name, getattr(saved, name))
+        self._as_read = merged
+
+
+def _merge(disk: dict[str, Any], mine: dict[str, Any], as_read: dict[str, Any] | None) -> dict[str, Any]:
+    base = as_read or {}
+    merged = {k: disk[k] if k in base and mine[k] == base[k] else v for k, v in mine.items()}
+    known = {r["call_id"] for r in base.get("history", [])} | {r["call_id"] for r in disk["history"]}
+    merged["history"] = disk["history"] + [r for r in mine["history"] if r["call_id"] not in known]
+    return merged
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on a sibling lock file (flock locks per open file, so threads exclude each other too)."""
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write-then-rename, so a reader or a crash never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def session_path(session_id: str) -> Path:
@@ -78,20 +119,49 @@ def check_id(session_id: str) -> str:
     return session_id
 
 
+def _read(path: Path) -> Session:
+    try:
+        session = Session.model_validate_json(path.read_text())
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the file"
+        raise ToolError(
+            f"session file {path} is unreadable: {where}: {first['msg']}",
+            f"fix it, or run session start --id {path.stem} --model SPEC, which keeps it as {path.name}.<time>.corrupt",
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ToolError(f"session file {path} is unreadable: {e}", "check the file's permissions") from None
+    session._as_read = session.model_dump(mode="json")
+    return session
+
+
 def load_session(session_id: str) -> Session:
     path = session_path(check_id(session_id))
     if not path.exists():
         raise ToolError(f"no session {session_id!r} in {path.parent}", "start one: trainspect session start --id ID --model SPEC")
-    try:
-        return Session.model_validate_json(path.read_text())
-    except (ValidationError, ValueError) as e:
-        raise ToolError(f"session file {path} is unreadable: {str(e).splitlines()[0]}", "start the session again") from None
+    return _read(path)
+
+
+def set_aside(session_id: str) -> Path | None:
+    """Rename an unreadable session file out of the way (kept, never overwritten); None when readable or absent."""
+    path = session_path(check_id(session_id))
+    if not path.exists():
+        return None
+    with _locked(path):
+        try:
+            _read(path)
+            return None
+        except ToolError:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            kept = path.with_name(f"{path.name}.{stamp}.corrupt")
+            os.replace(path, kept)
+            return kept
 
 
 def set_current(session_id: str) -> None:
-    p = home() / "current"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(session_id)
+    path = home() / "current"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, session_id)
 
 
 def current_session(session_id: str | None = None) -> Session:

@@ -13,7 +13,7 @@ from session import service
 from session.catalog import CATALOG, lookup
 from session.resolve import detect_kind, resolve_model
 from session.sae import parse_layer
-from session.state import current_session, load_session
+from session.state import CallRecord, Session, current_session, load_session, now_iso
 from session_fixtures import fake_hub_cache, tiny_base
 from toolserver.registry import ToolError, get_tool
 from toolserver.runner import invoke
@@ -154,14 +154,94 @@ def test_session_started_in_one_process_is_seen_by_another(bases: dict[str, Path
 
 
 def test_restart_keeps_same_model_and_resets_for_another(bases: dict[str, Path]) -> None:
-    first = service.start_session("run", str(bases["gpt2"]))
+    invoke(get_tool("start_session"), {"id": "run", "model": str(bases["gpt2"])})
+    first = load_session("run")
     first.sae, first.sae_hook, first.sae_layer = "/some/sae", "blocks.1.hook_resid_post", 1
+    first.regressions["refusal"] = [0.9]
     first.save()
-    again = service.start_session("run", str(bases["gpt2"]))
-    assert again.sae == "/some/sae" and again.created_at == first.created_at
-    other = service.start_session("run", str(bases["bert"]))
-    assert other.kind == "embedding" and other.sae is None and other.sae_hook is None
-    assert load_session("run").model_source == str(bases["bert"].resolve())
+    again, kept = service.start_session("run", str(bases["gpt2"]))
+    assert kept is None and again.sae == "/some/sae" and again.created_at == first.created_at
+    other, _ = service.start_session("run", str(bases["bert"]))
+    assert other.kind == "embedding" and other.sae is None and other.sae_hook is None and other.regressions == {}
+    stored = load_session("run")
+    assert stored.model_source == str(bases["bert"].resolve()) and stored.sae is None
+    assert [c.tool for c in stored.history] == ["start_session"]  # the call history outlives the model switch
     service.start_session("second", str(bases["llama"]))
     assert current_session().id == "second"
     assert service.status(load_session("second")).other_sessions == ["run"]
+
+
+# The runner's own read-append-save of the history (toolserver.runner._record), from separate processes.
+_APPENDER = """
+import sys
+from pydantic import BaseModel
+from session.state import load_session
+from toolserver.registry import Outcome, ToolSpec
+from toolserver.runner import invoke
+
+class Nothing(BaseModel):
+    pass
+
+spec = ToolSpec(name="noop", command="noop", card="noop", summary="-", input_model=Nothing, output_model=Nothing,
+                run=lambda s, a, r: Outcome(Nothing()), slim=lambda r: {}, table=lambda r: "")
+for _ in range(int(sys.argv[2])):
+    invoke(spec, {}, session=load_session(sys.argv[1]))
+"""
+# Another process changing a setting from its own copy while the appenders run.
+_SETTER = """
+import sys
+from session.state import load_session
+for i in range(int(sys.argv[2])):
+    s = load_session(sys.argv[1])
+    s.sae = f"sae-{i}"
+    s.save()
+"""
+
+
+def test_concurrent_processes_lose_no_history_and_no_setting(bases: dict[str, Path], isolated_home: Path) -> None:
+    service.start_session("busy", str(bases["llama"]))
+    env = {**os.environ, "TRAINSPECT_HOME": str(isolated_home), "TRAINSPECT_MIRROR_URL": ""}
+    procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, "busy", "40"], cwd=ROOT, env=env) for _ in range(3)]
+    procs.append(subprocess.Popen([sys.executable, "-c", _SETTER, "busy", "60"], cwd=ROOT, env=env))
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    stored = load_session("busy")
+    assert [c.tool for c in stored.history].count("noop") == 120  # without the lock and merge: ~half lost
+    assert len({c.call_id for c in stored.history}) == len(stored.history)
+    assert stored.sae == "sae-59"
+
+
+def test_history_keeps_the_last_records(bases: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import session.state
+
+    monkeypatch.setattr(session.state, "MAX_HISTORY", 5)
+    session, _ = service.start_session("long", str(bases["llama"]))
+
+    def call(s: Session, call_id: str) -> None:
+        s.history.append(CallRecord(call_id=call_id, tool="t", created_at=now_iso(), ok=True))
+        s.save()
+
+    for i in range(5):
+        call(session, f"c{i}")
+    stale = load_session("long")  # a copy holding c0..c4, read before the trim below
+    for i in range(5, 8):
+        call(session, f"c{i}")
+    assert [c.call_id for c in load_session("long").history] == ["c3", "c4", "c5", "c6", "c7"]
+    call(stale, "stale")  # adds its one new record; what the trim dropped does not come back
+    assert [c.call_id for c in load_session("long").history] == ["c4", "c5", "c6", "c7", "stale"]
+
+
+def test_unreadable_session_file_is_reported_and_kept(bases: dict[str, Path], isolated_home: Path) -> None:
+    invoke(get_tool("start_session"), {"id": "broken", "model": str(bases["gpt2"])})
+    path = isolated_home / "sessions" / "broken.json"
+    for garbage in ('{"id": "broken", "model": ', '{"id": "broken", "kind": "decoder"}'):
+        path.write_text(garbage)
+        error = _one_line_error(current_session)
+        assert str(path) in error and "unreadable" in error
+        with pytest.raises(ToolError):
+            invoke(get_tool("session_status"), {})
+        assert path.read_text() == garbage  # a failed call records nothing into it
+    env = invoke(get_tool("start_session"), {"id": "broken", "model": str(bases["gpt2"])})
+    kept = list((isolated_home / "sessions").glob("broken.json.*.corrupt"))
+    assert len(kept) == 1 and kept[0].read_text() == garbage
+    assert any(f.severity == "warn" and str(kept[0]) in f.text for f in env.findings)
+    assert load_session("broken").kind == "llm"

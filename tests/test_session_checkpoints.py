@@ -48,7 +48,7 @@ def _reference(base: Path, checkpoint: Path, kind: str) -> torch.nn.Module:
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("kind", ["full", "lora"])
 def test_checkpoint_model_matches_an_independent_load(arch: str, kind: str, runs: dict[str, dict[str, Path]]) -> None:
-    session = service.start_session(f"{arch}-{kind}", str(runs[arch]["base"]))
+    session, _ = service.start_session(f"{arch}-{kind}", str(runs[arch]["base"]))
     base = load_model(session)
     tuned = load_checkpoint_model(session, runs[arch][kind])
     assert load_checkpoint_model(session, runs[arch][kind]) is tuned  # cached
@@ -70,7 +70,7 @@ def test_encoder_checkpoint_from_a_masked_lm_fine_tune(runs: dict[str, dict[str,
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    session = service.start_session("bert-ft", str(runs["bert"]["base"]))
+    session, _ = service.start_session("bert-ft", str(runs["bert"]["base"]))
     tuned = load_checkpoint_model(session, runs["bert"]["full"])
     ref = AutoModel.from_pretrained(str(runs["bert"]["base"]))
     weights = {k.removeprefix("bert."): v for k, v in load_file(str(runs["bert"]["full"])).items()}
@@ -82,7 +82,7 @@ def test_encoder_checkpoint_from_a_masked_lm_fine_tune(runs: dict[str, dict[str,
 
 
 def test_checkpoint_of_another_architecture_is_one_clear_line(runs: dict[str, dict[str, Path]]) -> None:
-    session = service.start_session("mismatch", str(runs["gpt2"]["base"]))
+    session, _ = service.start_session("mismatch", str(runs["gpt2"]["base"]))
     for other in (runs["llama"]["full"], runs["llama"]["lora"]):
         with pytest.raises(ToolError) as e:
             load_checkpoint_model(session, other)

@@ -45,7 +45,7 @@ def _hf_reference(model_dir: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_llm_loads_through_the_bridge_and_matches_hf(arch: str, bases: dict[str, Path]) -> None:
-    session = service.start_session(f"tiny-{arch}", str(bases[arch]))
+    session, _ = service.start_session(f"tiny-{arch}", str(bases[arch]))
     loaded = load_model(session)
     assert load_model(session) is loaded  # cached for the process
     assert service.status(session).model_in_memory
@@ -106,14 +106,14 @@ def test_local_sae_loads_with_hook_and_encodes_like_the_formula(bases: dict[str,
 
 
 def test_sae_without_hook_metadata_falls_back_to_the_default_layer(bases: dict[str, Path], sae_dirs: dict[str, Path]) -> None:
-    session = service.start_session("fallback", str(bases["llama"]))
+    session, _ = service.start_session("fallback", str(bases["llama"]))
     _, info = service.load_sae(session, str(sae_dirs["no_hook"]))
     assert (info.layer, info.hook) == (1, "blocks.1.hook_resid_post")  # middle of 2 layers
     assert service.status(session).sae_in_memory and not service.status(load_session("fallback")).sae_in_memory
 
 
 def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[str, Path], tmp_path: Path) -> None:
-    session = service.start_session("errs", str(bases["gpt2"]))
+    session, _ = service.start_session("errs", str(bases["gpt2"]))
     cases = {
         str(sae_dirs["wide"]): ("d_in 32", f"d_model {D_MODEL}"),
         str(sae_dirs["deep"]): ("layer 5", f"{N_LAYERS} layers"),

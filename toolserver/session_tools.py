@@ -61,10 +61,12 @@ def _describe(status: SessionStatus) -> str:
 
 def run_start(session: Session | None, args: StartSessionInput, reporter: Reporter) -> Outcome[SessionStatus]:
     reporter.progress(0.1, f"resolving {args.model}")
-    started = service.start_session(args.id, args.model)
+    started, kept = service.start_session(args.id, args.model)
     status = service.status(started)
     reporter.progress(1.0, "session saved")
     findings = [Finding(text=f"Session {status.id}: {_describe(status)} from {status.model_source}; default layer {status.default_layer}. No weights loaded yet: analyses load the model on first use.")]
+    if kept:
+        findings.append(Finding(text=f"The session's previous file was unreadable; it is kept as {kept} and this session starts afresh.", severity="warn"))
     if status.sae:
         findings.append(Finding(text=f"Kept the SAE {status.sae} at {status.sae_hook} from the session's earlier start."))
     return Outcome(result=status, findings=findings, follow_ups=_next_steps(started, status))
@@ -86,7 +88,7 @@ def run_status(session: Session | None, args: SessionStatusInput, reporter: Repo
     status = service.status(sess)
     sae = f"SAE {status.sae} at {status.sae_hook}" if status.sae else "no SAE"
     loaded = "model in memory" if status.model_in_memory else "model not loaded in this process"
-    findings = [Finding(text=f"Session {status.id}: {_describe(status)}; {sae}; {status.calls} calls so far; {loaded}.")]
+    findings = [Finding(text=f"Session {status.id}: {_describe(status)}; {sae}; {status.calls} call{'' if status.calls == 1 else 's'} so far; {loaded}.")]
     failed = [c for c in status.recent_calls if not c.ok]
     if failed:
         findings.append(Finding(text=f"{len(failed)} of the last {len(status.recent_calls)} calls failed ({', '.join(c.tool for c in failed)}).", severity="warn"))
