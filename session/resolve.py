@@ -105,22 +105,30 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def detect_kind(config: dict[str, Any]) -> Kind:
-    """`llm` for a causal LM, `embedding` for an encoder, from architectures / is_decoder / model_type."""
+    """`llm` for a causal LM, `embedding` for an encoder-only model.
+
+    The family (model_type in transformers' masked-LM / causal-LM tables) decides before a head's name,
+    so a decoder with a classification head (a reward model) stays an LLM; head names decide only for
+    model types transformers does not know (remote code).
+    """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     model_type = str(config.get("model_type", ""))
+    named = f"model type {model_type!r} (architectures {archs})"
     if config.get("is_encoder_decoder"):
-        raise ToolError(f"model type {model_type!r} is an encoder-decoder", "trainspect handles causal LMs and encoders")
-    if any(_CAUSAL_ARCH.search(a) for a in archs) or config.get("is_decoder"):
+        raise ToolError(f"{named} is an encoder-decoder", "trainspect handles causal LMs and encoder-only models (BERT-like), not T5/BART-style models")
+    if config.get("is_decoder") or any(_CAUSAL_ARCH.search(a) for a in archs):
         return "llm"
-    if any(_ENCODER_ARCH.search(a) for a in archs) or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return "embedding"
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "llm"
+    if any(_ENCODER_ARCH.search(a) for a in archs):
+        return "embedding"
     raise ToolError(
-        f"cannot tell whether model type {model_type!r} (architectures {archs}) is a causal LM or an encoder",
-        "set `architectures` in config.json, e.g. [\"LlamaForCausalLM\"] or [\"BertModel\"]",
+        f"cannot tell whether {named} is a causal LM or an encoder",
+        "set `architectures` in config.json, e.g. [\"LlamaForCausalLM\"] or [\"BertForMaskedLM\"]",
     )
 
 

@@ -41,20 +41,34 @@ def _one_line_error(fn, *args) -> str:  # type: ignore[no-untyped-def]
     [
         ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "llm"),
         ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "llm"),
+        ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "llm"),
         ({"model_type": "qwen2"}, "llm"),
+        ({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]}, "llm"),
+        ({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}, "llm"),  # Pythia
+        ({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}, "llm"),  # a reward model
         ({"model_type": "bert", "architectures": ["BertModel"]}, "embedding"),
         ({"model_type": "bert", "architectures": ["BertLMHeadModel"], "is_decoder": True}, "llm"),
         ({"model_type": "mpnet", "architectures": ["MPNetForMaskedLM"]}, "embedding"),
         ({"model_type": "xlm-roberta", "architectures": ["XLMRobertaModel"]}, "embedding"),
+        ({"model_type": "distilbert", "architectures": ["DistilBertModel"]}, "embedding"),
+        ({"model_type": "remote-encoder", "architectures": ["RemoteEncoderForMaskedLM"]}, "embedding"),
     ],
 )
 def test_detect_kind(config: dict, kind: str) -> None:
     assert detect_kind(config) == kind
 
 
-@pytest.mark.parametrize("config", [{"model_type": "t5", "is_encoder_decoder": True}, {"model_type": "mystery"}])
-def test_detect_kind_refuses_what_it_cannot_tell(config: dict) -> None:
-    _one_line_error(detect_kind, config)
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"model_type": "t5", "architectures": ["T5EncoderModel"], "is_encoder_decoder": True}, "encoder-decoder"),
+        ({"model_type": "bart", "architectures": ["BartForConditionalGeneration"], "is_encoder_decoder": True}, "encoder-decoder"),
+        ({"model_type": "mystery", "architectures": ["MysteryModel"]}, "cannot tell"),
+    ],
+)
+def test_detect_kind_refuses_what_it_cannot_tell(config: dict, needle: str) -> None:
+    text = _one_line_error(detect_kind, config)
+    assert needle in text and config["model_type"] in text
 
 
 def test_local_dirs_resolve_with_their_kind(bases: dict[str, Path]) -> None:
