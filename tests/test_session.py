@@ -106,17 +106,26 @@ def test_slug_and_hf_id_resolve_through_the_hf_cache_offline(bases: dict[str, Pa
     assert {f.tool for f in env.follow_ups} <= ALLOWED_FOLLOW_UPS
 
 
-def test_catalog_saes_exist_in_the_sae_lens_registry() -> None:
+# Depths of the real models (their hub config.json), written down independently of the catalog.
+KNOWN_DEPTHS = {
+    "gpt2": 12, "gpt2-medium": 24, "pythia-70m-deduped": 6, "gemma-2-2b": 26, "llama-3.2-1b": 16,
+    "qwen2.5-0.5b": 24, "gte-small": 12, "all-minilm-l6-v2": 6,
+}
+
+
+def test_catalog_entries_fit_their_models_and_sae_lens_registry() -> None:
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     registry = get_pretrained_saes_directory()
+    assert set(CATALOG) == set(KNOWN_DEPTHS)
     for entry in CATALOG.values():
         assert lookup(entry.slug.upper()) is entry and lookup(entry.hf_id) is entry
+        assert 0 <= entry.default_layer < KNOWN_DEPTHS[entry.slug], entry.slug
         if entry.sae_release:
             assert entry.sae_id in registry[entry.sae_release].saes_map, entry.slug
-            layer = parse_layer(entry.sae_id)
-            assert layer is None or layer == entry.default_layer, entry.slug
-    assert {"gpt2", "llama-3.2-1b", "gte-small", "all-minilm-l6-v2"} <= set(CATALOG)
+            assert parse_layer(entry.sae_id) == entry.default_layer, entry.slug
+    bundled = CATALOG["all-minilm-l6-v2"].bundled_dir()
+    assert bundled is not None and json.loads((bundled / "config.json").read_text())["num_hidden_layers"] == 6
 
 
 @pytest.mark.parametrize(
