@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from web_mirror.cards import fold
 from web_mirror.events import Event
-from web_mirror.store import Store
+from web_mirror.store import SessionInfo, Store
 from web_mirror.wire import wire_value
 
 STATIC = Path(__file__).parent / "static"
@@ -58,15 +58,6 @@ class IngestReply(BaseModel):
     accepted: int = Field(description="events stored now")
     duplicates: int = Field(description="events already stored under the same event_id (ignored)")
     last_seq: int = Field(description="position of the last stored event in the log")
-
-
-class SessionSummary(BaseModel):
-    id: str
-    first_ts: float
-    last_ts: float
-    last_seq: int
-    n_events: int
-    n_cards: int
 
 
 class Progress(BaseModel):
@@ -169,10 +160,9 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
         return IngestReply(accepted=len(stored), duplicates=duplicates, last_seq=last)
 
     @app.get("/api/sessions", dependencies=api, responses=errors)
-    async def list_sessions() -> list[SessionSummary]:
+    async def list_sessions() -> list[SessionInfo]:
         """Every session, most recently active first."""
-        rows = await run_in_threadpool(store.sessions)
-        return [SessionSummary(**vars(r)) for r in rows]
+        return await run_in_threadpool(store.sessions)
 
     @app.get("/api/sessions/{session_id:path}/cards", dependencies=api, responses={**errors, 404: {"model": Problem}})
     async def session_cards(session_id: str) -> Cards:

@@ -68,6 +68,8 @@ class StoredEvent:
 
 @dataclass(frozen=True)
 class SessionInfo:
+    """A session as listed: when it was active, where its log ends, how many events and cards it holds."""
+
     id: str
     first_ts: float
     last_ts: float
