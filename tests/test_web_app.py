@@ -17,7 +17,7 @@ from web_mirror.app import create_app
 from web_mirror.server import is_loopback, serve
 from web_mirror.store import Store
 
-from web_fixtures import ev, mirror_server, tool_call
+from web_fixtures import ev, mirror_server, sse_messages, tool_call
 
 
 @pytest.fixture
@@ -170,20 +170,12 @@ def test_an_unusable_state_directory_is_a_one_line_error_naming_the_file(tmp_pat
         create_app(tmp_path / "home")
 
 
-def _read_sse(url: str, headers: dict[str, str], n: int, out: list[dict], timeout: float = 10) -> None:
+def _read_sse(url: str, headers: dict[str, str], n: int, out: list[dict]) -> None:
     """Collect SSE messages ({id, events}) until n events have arrived."""
-    with httpx.stream("GET", url, headers=headers, timeout=timeout) as r:
-        current: dict = {}
-        for line in r.iter_lines():
-            if line.startswith("id:"):
-                current["id"] = line[3:].strip()
-            elif line.startswith("data:"):
-                current["events"] = json.loads(line[5:])
-            elif line == "" and current:
-                out.append(current)
-                current = {}
-                if sum(len(m["events"]) for m in out) >= n:
-                    return
+    for msg_id, events in sse_messages(url, headers):
+        out.append({"id": msg_id, "events": events})
+        if sum(len(m["events"]) for m in out) >= n:
+            return
 
 
 def test_sse_stream_is_live_and_resumes_from_last_event_id(tmp_path: Path) -> None:

@@ -88,16 +88,28 @@ def mirror_server(home: Path, **kw: Any) -> Iterator[MirrorServer]:
         server.kill(signal.SIGTERM)
 
 
+def sse_messages(url: str, headers: dict[str, str] | None = None, timeout: float = 10) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A mirror stream's messages as they arrive: (id, the message's events)."""
+    with httpx.stream("GET", url, headers=headers or {}, timeout=timeout) as r:
+        msg_id, events = "", None
+        for line in r.iter_lines():
+            if line.startswith("id:"):
+                msg_id = line[3:].strip()
+            elif line.startswith("data:"):
+                events = json.loads(line[5:])
+            elif line == "" and events is not None:
+                yield msg_id, events
+                msg_id, events = "", None
+
+
 def stream_events(server: MirrorServer, session: str) -> list[dict[str, Any]]:
     """The session's whole event log, read through its SSE stream."""
     last = server.get(f"/api/sessions/{session}/cards")["last_seq"]
     out: list[dict[str, Any]] = []
-    with httpx.stream("GET", f"{server.url}/api/sessions/{session}/stream", headers=server.headers(), timeout=10) as r:
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                out += json.loads(line[5:])
-                if out[-1]["seq"] >= last:
-                    break
+    for _, events in sse_messages(f"{server.url}/api/sessions/{session}/stream", server.headers()):
+        out += events
+        if out[-1]["seq"] >= last:
+            return out
     return out
 
 
