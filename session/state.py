@@ -107,7 +107,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def session_path(session_id: str) -> Path:
-    return home() / "sessions" / f"{session_id}.json"
+    return home() / "sessions" / f"{check_id(session_id)}.json"  # checked: an id never names a path elsewhere
 
 
 def check_id(session_id: str) -> str:
@@ -124,9 +124,9 @@ def _read(path: Path) -> Session:
         session = Session.model_validate_json(path.read_text())
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "the file"
+        where = ".".join(str(p) for p in first["loc"])
         raise ToolError(
-            f"session file {path} is unreadable: {where}: {first['msg']}",
+            f"session file {path} is unreadable: {where + ': ' if where else ''}{first['msg']}",
             f"fix it, or run session start --id {path.stem} --model SPEC, which keeps it as {path.name}.<time>.corrupt",
         ) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -136,7 +136,7 @@ def _read(path: Path) -> Session:
 
 
 def load_session(session_id: str) -> Session:
-    path = session_path(check_id(session_id))
+    path = session_path(session_id)
     if not path.exists():
         raise ToolError(f"no session {session_id!r} in {path.parent}", "start one: trainspect session start --id ID --model SPEC")
     return _read(path)
@@ -144,7 +144,7 @@ def load_session(session_id: str) -> Session:
 
 def set_aside(session_id: str) -> Path | None:
     """Rename an unreadable session file out of the way (kept, never overwritten); None when readable or absent."""
-    path = session_path(check_id(session_id))
+    path = session_path(session_id)
     if not path.exists():
         return None
     with _locked(path):

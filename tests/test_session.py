@@ -149,6 +149,7 @@ def test_bad_inputs_give_one_clear_line(bases: dict[str, Path], tmp_path: Path) 
     assert "no-such-slug" in unknown and "offline" in unknown and "gpt2" in unknown  # lists the known slugs
     gated = _one_line_error(service.start_session, "s", "llama-3.2-1b")
     assert "meta-llama/Llama-3.2-1B" in gated and "local" in gated
+    assert "invalid session id" in _one_line_error(Session(id="../../escape", model="m", model_source="m", kind="llm").save)
     with pytest.raises(ToolError):
         current_session()  # none of the failures created a session
 
