@@ -9,6 +9,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -60,24 +61,34 @@ def is_loaded(session: Session) -> bool:
 
 def load_from_dir(model_dir: Path, kind: Kind, hf_model: Any | None = None) -> LoadedModel:
     """Load a save_pretrained directory; `hf_model` swaps in already-built weights of the same config."""
-    d_model, n_layers = model_dims(read_config(model_dir))
+    config = read_config(model_dir)
+    d_model, n_layers = model_dims(config)
     dev = device()
     try:
         if kind == "llm":
-            model, tokenizer = _boot_bridge(model_dir, dev, hf_model)
+            model, tokenizer = _boot_bridge(model_dir, config, dev, hf_model)
         else:
             model, tokenizer = _load_encoder(model_dir, dev, hf_model)
     except ToolError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:
         log.debug("model load failed", exc_info=True)
-        raise ToolError(f"cannot load the {kind} model in {model_dir}: {_first_line(e)}", "check the directory holds weights, config.json and tokenizer files") from None
+        raise ToolError(f"cannot load the {kind} model in {model_dir}: {first_line(e)}", "check the directory holds weights, config.json and tokenizer files") from None
     return LoadedModel(kind, str(model_dir), model, tokenizer, d_model, n_layers, dev)
 
 
-def _boot_bridge(model_dir: Path, dev: str, hf_model: Any | None) -> tuple[Any, Any]:
+def _boot_bridge(model_dir: Path, config: dict[str, Any], dev: str, hf_model: Any | None) -> tuple[Any, Any]:
     from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources.transformers import determine_architecture_from_hf_config
 
+    try:  # the bridge's own lookup, asked first: its error lists all ~150 adapters on one line
+        determine_architecture_from_hf_config(SimpleNamespace(**config))
+    except ValueError:
+        raise ToolError(
+            f"TransformerLens' TransformerBridge has no adapter for model type {config.get('model_type')!r} "
+            f"(architectures {config.get('architectures')}) in {model_dir}",
+            "LLM sessions need an architecture it supports, e.g. GPT-2, Llama, Mistral, Qwen, Gemma, GPT-NeoX (Pythia), OPT, Phi",
+        ) from None
     bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev, hf_model=hf_model.to(dev) if hf_model is not None else None)
     bridge.eval()
     return bridge, bridge.tokenizer
@@ -99,7 +110,7 @@ def load_checkpoint_model(session: Session, checkpoint: str | Path) -> LoadedMod
     from session.checkpoints import open_checkpoint
 
     path = Path(checkpoint).expanduser().resolve()
-    key = (str(path), path.stat().st_mtime_ns if path.exists() else 0)
+    key = (str(path), _newest_mtime(path))
     cached = session.cache.get(CHECKPOINT_KEY)
     if isinstance(cached, tuple) and cached[0] == key and cached[1].source == session.model_source:
         return cached[1]
@@ -114,6 +125,14 @@ def load_checkpoint_model(session: Session, checkpoint: str | Path) -> LoadedMod
     return loaded
 
 
+def _newest_mtime(path: Path) -> int:
+    """When the checkpoint last changed: a directory's own mtime misses files rewritten in place."""
+    if not path.exists():
+        return 0
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    return max((p.stat().st_mtime_ns for p in files), default=path.stat().st_mtime_ns)
+
+
 def _base_hf_model(base_dir: Path, kind: Kind) -> Any:
     from transformers import AutoModel, AutoModelForCausalLM
 
@@ -122,7 +141,7 @@ def _base_hf_model(base_dir: Path, kind: Kind) -> Any:
     try:
         return auto.from_pretrained(str(base_dir), dtype=torch.float32, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ToolError(f"cannot load the base model in {base_dir}: {_first_line(e)}", "start the session on a save_pretrained directory") from None
+        raise ToolError(f"cannot load the base model in {base_dir}: {first_line(e)}", "start the session on a save_pretrained directory") from None
 
 
 def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path) -> None:
@@ -156,6 +175,7 @@ def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path) -> No
             target.add_((pair.left().to(target.dtype) @ pair.right().to(target.dtype)) * pair.scale)
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
+    """An exception's first line (library messages can run to pages), or its type when empty."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__

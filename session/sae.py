@@ -1,23 +1,26 @@
 """Loading a sae-lens SAE: a local directory written by `sae.save_model`, or `release/sae_id` from the registry.
 
 The hook point comes from the SAE's own metadata (`cfg.metadata.hook_name`); the layer is parsed from
-it (`blocks.{L}.…`), falling back to the model's default layer when the hook names none.
+it (`blocks.{L}.…`), falling back to the model's default layer when the hook names none. An SAE without
+a hook name is assumed to read that layer's resid_post, and says so (`hook_assumed`).
 """
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from session.models import device
+from session.models import device, first_line
 from session.state import Session
 from toolserver.registry import ToolError
 
 log = logging.getLogger("trainspect")
 SAE_KEY = "sae"
 _LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|layer)[._](\d+)(?:\.|/|$)")
+_RESIDUAL_WRITE = re.compile(r"hook_(resid_pre|resid_mid|resid_post|mlp_out|attn_out)$")
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,18 @@ class SaeInfo:
     spec: str
     source: Literal["local", "pretrained"]
     hook: str
+    hook_assumed: bool  # the metadata names no hook: the default layer's resid_post is a guess
     layer: int
     d_in: int
     d_sae: int
     architecture: str
+    model_kwargs: dict[str, Any]  # how sae-lens loaded the model it was trained on (HookedTransformer.from_pretrained)
+
+    @property
+    def centred(self) -> bool:
+        """It reads the residual stream (or a write to it) of a model whose writing weights were centred, so
+        every vector it saw had mean 0 over d_model (LayerNorm models); the session's unprocessed HF weights don't."""
+        return bool(self.model_kwargs.get("center_writing_weights")) and _RESIDUAL_WRITE.search(self.hook) is not None
 
 
 def parse_layer(hook: str) -> int | None:
@@ -41,26 +52,33 @@ def load_sae(spec: str, *, d_model: int | None = None, n_layers: int | None = No
     """Load the SAE and check it fits the model (d_in == d_model, layer in range)."""
     spec = spec.strip()
     path = Path(spec).expanduser()
-    if path.exists() or spec.startswith(("/", "./", "../", "~")):
-        sae, source = _load_local(spec, path), "local"
-    elif "/" in spec:
-        sae, source = _load_pretrained(spec), "pretrained"
-    else:
-        raise ToolError(f"SAE spec {spec!r} is neither a directory nor release/sae_id", "pass a sae-lens directory (from sae.save_model) or e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre")
+    with warnings.catch_warnings():  # sae-lens warns about model_from_pretrained_kwargs; SaeInfo.centred says what matters here
+        warnings.filterwarnings("ignore", message=r"(?s).*model_from_pretrained_kwargs")
+        if path.exists() or spec.startswith(("/", "./", "../", "~")):
+            sae, source = _load_local(spec, path), "local"
+        elif "/" in spec:
+            sae, source = _load_pretrained(spec), "pretrained"
+        else:
+            raise ToolError(f"SAE spec {spec!r} is neither a directory nor release/sae_id", "pass a sae-lens directory (from sae.save_model) or e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre")
     hook = sae.cfg.metadata.hook_name
     layer = parse_layer(hook) if isinstance(hook, str) else None
     if layer is None:
         layer = default_layer
     if layer is None:
         raise ToolError(f"SAE {spec}: its metadata names no layer (hook {hook!r}) and the model has no default layer", "save the SAE with metadata.hook_name = blocks.L.hook_resid_post")
-    if not isinstance(hook, str) or not hook:
+    assumed = not isinstance(hook, str) or not hook
+    if assumed:
         hook = f"blocks.{layer}.hook_resid_post"
     d_in = int(sae.cfg.d_in)
     if d_model is not None and d_in != d_model:
         raise ToolError(f"SAE {spec} has d_in {d_in} but the session's model has d_model {d_model}", "load an SAE trained on this model")
     if n_layers is not None and not 0 <= layer < n_layers:
         raise ToolError(f"SAE {spec} hooks layer {layer} but the session's model has {n_layers} layers", "load an SAE trained on this model")
-    info = SaeInfo(spec, source, hook, layer, d_in, int(sae.cfg.d_sae), sae.cfg.architecture())
+    kwargs = sae.cfg.metadata.model_from_pretrained_kwargs
+    info = SaeInfo(
+        spec=spec, source=source, hook=hook, hook_assumed=assumed, layer=layer, d_in=d_in, d_sae=int(sae.cfg.d_sae),
+        architecture=sae.cfg.architecture(), model_kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
+    )
     return sae, info
 
 
@@ -96,11 +114,12 @@ def _load_local(spec: str, path: Path) -> Any:
         return SAE.load_from_disk(str(path), device=device())
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         log.debug("SAE load failed", exc_info=True)
-        raise ToolError(f"cannot load the SAE in {spec}: {_first_line(e)}", "pass a directory written by sae.save_model") from None
+        raise ToolError(f"cannot load the SAE in {spec}: {first_line(e)}", "pass a directory written by sae.save_model") from None
 
 
 def _load_pretrained(spec: str) -> Any:
     from huggingface_hub import is_offline_mode
+    from huggingface_hub.errors import LocalEntryNotFoundError
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
@@ -112,15 +131,11 @@ def _load_pretrained(spec: str) -> Any:
     if sae_id not in ids:
         sample = ", ".join(list(ids)[:4])
         raise ToolError(f"SAE id {sae_id!r} is not in release {release!r}", f"ids there include: {sample}")
-    if is_offline_mode():
-        raise ToolError(f"SAE {spec} needs the HF hub, which is unreachable (offline, HF_HUB_OFFLINE is set)", "pass a local sae-lens directory written by sae.save_model")
-    try:
+    try:  # from the HF cache when it holds the SAE, which works offline too
         return SAE.from_pretrained(release, sae_id, device=device())
+    except LocalEntryNotFoundError:
+        why = "offline (HF_HUB_OFFLINE is set)" if is_offline_mode() else "unreachable"
+        raise ToolError(f"SAE {spec} is not in the local HF cache and the hub is {why}", "pass a local sae-lens directory written by sae.save_model") from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         log.debug("SAE download failed", exc_info=True)
-        raise ToolError(f"cannot fetch SAE {spec} from the hub: {_first_line(e)}", "check the network, or pass a local sae-lens directory") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise ToolError(f"cannot fetch SAE {spec} from the hub: {first_line(e)}", "check the network, or pass a local sae-lens directory") from None

@@ -24,8 +24,7 @@ ALLOWED_FOLLOW_UPS = {"start_session", "load_sae", "session_status", "run_weight
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("session-bases")
-    return {arch: tiny_base(arch, root) for arch in ("gpt2", "llama", "bert")}
+    return {arch: tiny_base(arch, tmp_path_factory) for arch in ("gpt2", "llama", "bert")}
 
 
 def _one_line_error(fn, *args) -> str:  # type: ignore[no-untyped-def]

@@ -1,6 +1,8 @@
 """A fine-tuned model beside the base: checkpoint weights in the base architecture, checked against HF and peft."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,19 +18,19 @@ PROMPT = "Attention layers decide which earlier words matter."
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: dict[str, Path]) -> dict[str, dict[str, Path]]:
     root = tmp_path_factory.mktemp("ckpt-runs")
-    out: dict[str, dict[str, Path]] = {}
-    for arch in ("gpt2", "llama"):
-        base = tiny_base(arch, root)
-        out[arch] = {
-            "base": base,
-            "full": finetune(base, root / f"{arch}-step_5.pt", steps=5, fmt="pt_step"),
-            "lora": lora_finetune(base, root / f"{arch}-lora", steps=5),
-        }
-    bert = tiny_base("bert", root)
-    out["bert"] = {"base": bert, "full": finetune(bert, root / "bert.safetensors", steps=5)}
-    return out
+    llama = tiny_base("llama", tmp_path_factory)
+    bert = tiny_base("bert", tmp_path_factory)
+    return {
+        "gpt2": tiny_gpt2,  # conftest's: base, a {step: 5, state_dict} .pt fine-tune and a LoRA adapter
+        "llama": {
+            "base": llama,
+            "full": finetune(llama, root / "llama-step_5.pt", steps=5, fmt="pt_step"),
+            "lora": lora_finetune(llama, root / "llama-lora", steps=5),
+        },
+        "bert": {"base": bert, "full": finetune(bert, root / "bert.safetensors", steps=5)},
+    }
 
 
 def _reference(base: Path, checkpoint: Path, kind: str) -> torch.nn.Module:
@@ -87,3 +89,26 @@ def test_checkpoint_of_another_architecture_is_one_clear_line(runs: dict[str, di
         with pytest.raises(ToolError) as e:
             load_checkpoint_model(session, other)
         assert str(other) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_checkpoint_rewritten_in_place_is_reloaded(runs: dict[str, dict[str, Path]], tmp_path: Path) -> None:
+    """Rewriting adapter_model.safetensors in place (as torch.save or open(..., "wb") do) leaves the directory's
+    mtime alone; the cache must still notice."""
+    from safetensors.torch import load_file, save_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(runs["llama"]["lora"], adapter)
+    session, _ = service.start_session("rewritten", str(runs["llama"]["base"]))
+    first = load_checkpoint_model(session, adapter)
+    weights_file = adapter / "adapter_model.safetensors"
+    weights = {k: v * 2 if "lora_B" in k else v for k, v in load_file(str(weights_file)).items()}
+    dir_mtime = adapter.stat().st_mtime_ns
+    save_file(weights, str(tmp_path / "new.safetensors"), metadata={"format": "pt"})
+    weights_file.write_bytes((tmp_path / "new.safetensors").read_bytes())
+    os.utime(weights_file, ns=(dir_mtime + 10**9, dir_mtime + 10**9))  # a later write, whatever the clock's resolution
+    assert adapter.stat().st_mtime_ns == dir_mtime
+    second = load_checkpoint_model(session, adapter)
+    assert second is not first
+    tokens = first.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert (second.model(tokens) - first.model(tokens)).abs().max() > 1e-4

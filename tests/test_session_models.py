@@ -10,7 +10,7 @@ from session import service
 from session.models import load_model
 from session.sae import session_sae
 from session.state import load_session
-from session_fixtures import D_MODEL, N_LAYERS, build_sae, tiny_base
+from session_fixtures import D_MODEL, N_LAYERS, build_sae, fake_hub_cache, tiny_base
 from toolserver.registry import ToolError, get_tool
 from toolserver.runner import invoke
 
@@ -19,8 +19,7 @@ PROMPTS = ["The model reads a sentence and predicts the next word.", "Dead layer
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("model-bases")
-    return {arch: tiny_base(arch, root) for arch in ("gpt2", "llama")}
+    return {arch: tiny_base(arch, tmp_path_factory) for arch in ("gpt2", "llama")}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,8 @@ def test_local_sae_loads_with_hook_and_encodes_like_the_formula(bases: dict[str,
     invoke(get_tool("start_session"), {"id": "sae-run", "model": str(bases["gpt2"])})
     env = invoke(get_tool("load_sae"), {"sae": str(sae_dirs["ok"])})
     assert (env.result.hook, env.result.layer, env.result.d_in, env.result.d_sae) == ("blocks.1.hook_resid_post", 1, D_MODEL, 128)
-    assert env.result.architecture == "standard" and env.result.source == "local"
+    assert env.result.architecture == "standard" and env.result.source == "local" and not env.result.hook_assumed
+    assert [f.severity for f in env.findings] == ["info"]  # no centring or assumed-hook warning for this SAE
     stored = load_session("sae-run")
     assert (stored.sae, stored.sae_hook, stored.sae_layer) == (str(sae_dirs["ok"].resolve()), "blocks.1.hook_resid_post", 1)
 
@@ -108,7 +108,7 @@ def test_local_sae_loads_with_hook_and_encodes_like_the_formula(bases: dict[str,
 def test_sae_without_hook_metadata_falls_back_to_the_default_layer(bases: dict[str, Path], sae_dirs: dict[str, Path]) -> None:
     session, _ = service.start_session("fallback", str(bases["llama"]))
     _, info = service.load_sae(session, str(sae_dirs["no_hook"]))
-    assert (info.layer, info.hook) == (1, "blocks.1.hook_resid_post")  # middle of 2 layers
+    assert (info.layer, info.hook, info.hook_assumed) == (1, "blocks.1.hook_resid_post", True)  # middle of 2 layers
     assert service.status(session).sae_in_memory and not service.status(load_session("fallback")).sae_in_memory
 
 
@@ -130,3 +130,53 @@ def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[st
         text = str(e.value)
         assert "\n" not in text and all(n in text for n in needles), text
     assert load_session("errs").sae is None  # nothing was persisted
+
+
+def test_llm_the_bridge_cannot_load_is_one_clear_line(tmp_path: Path) -> None:
+    model_dir = tmp_path / "biogpt"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "biogpt", "architectures": ["BioGptForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2}')
+    session, _ = service.start_session("biogpt", str(model_dir))
+    assert session.kind == "llm"
+    with pytest.raises(ToolError) as e:
+        load_model(session)
+    text = str(e.value)
+    assert "\n" not in text and "TransformerBridge" in text and "BioGptForCausalLM" in text and len(text) < 400, text
+
+
+def test_pretrained_sae_loads_from_the_hf_cache_offline(bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """release/sae_id resolves through sae-lens' registry to the cached files, hub unreachable; its metadata
+    says the model it was trained on had centred writing weights, which the result and a warning carry."""
+    import huggingface_hub.constants
+
+    files = build_sae(tmp_path / "files", hook="blocks.1.hook_resid_pre", model_kwargs={"center_writing_weights": True})
+    fake_hub_cache(tmp_path / "hub", "jbloom/GPT2-Small-SAEs-Reformatted", files, subfolder="blocks.1.hook_resid_pre")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    invoke(get_tool("start_session"), {"id": "cached", "model": str(bases["gpt2"])})
+    env = invoke(get_tool("load_sae"), {"sae": "gpt2-small-res-jb/blocks.1.hook_resid_pre"})
+    assert (env.result.source, env.result.hook, env.result.layer, env.result.d_in) == ("pretrained", "blocks.1.hook_resid_pre", 1, D_MODEL)
+    assert env.result.model_kwargs == {"center_writing_weights": True}
+    assert any(f.severity == "warn" and "center_writing_weights" in f.text for f in env.findings)
+    assert load_session("cached").sae == "gpt2-small-res-jb/blocks.1.hook_resid_pre"
+    # an id of the same release that is not cached: one line saying so
+    with pytest.raises(ToolError, match="not in the local HF cache and the hub is offline"):
+        invoke(get_tool("load_sae"), {"sae": "gpt2-small-res-jb/blocks.0.hook_resid_pre"})
+
+
+def test_centred_writing_weights_only_remove_each_residual_vectors_mean(bases: dict[str, Path]) -> None:
+    """What the centring warning tells the user to do, checked against TransformerLens' own processing."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    session, _ = service.start_session("centred", str(bases["gpt2"]))
+    raw = load_model(session).model
+    processed = TransformerBridge.boot_transformers(str(bases["gpt2"]), device="cpu")
+    processed.enable_compatibility_mode(disable_warnings=True, center_writing_weights=True)
+    tokens = raw.tokenizer(PROMPTS, padding=True, return_tensors="pt")["input_ids"]
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"]
+    with torch.no_grad():
+        _, ours = raw.run_with_cache(tokens, names_filter=hooks)
+        _, theirs = processed.eval().run_with_cache(tokens, names_filter=hooks)
+    for hook in hooks:
+        x = ours[hook]
+        assert (x - theirs[hook]).abs().max() > 1e-3  # unprocessed activations differ ...
+        torch.testing.assert_close(x - x.mean(-1, keepdim=True), theirs[hook], atol=1e-5, rtol=1e-4)  # ... by their mean only

@@ -33,10 +33,12 @@ class LoadSaeResult(BaseModel):
     sae: str = Field(description="the SAE spec as stored (local directories made absolute)")
     source: str = Field(description="local or pretrained")
     hook: str = Field(description="TransformerLens hook the SAE reads, from its metadata")
+    hook_assumed: bool = Field(description="the SAE's metadata names no hook, so `hook` is the default layer's resid_post, a guess")
     layer: int
     d_in: int
     d_sae: int = Field(description="number of SAE features")
     architecture: str
+    model_kwargs: dict[str, Any] = Field(description="how sae-lens loaded the model the SAE was trained on (HookedTransformer.from_pretrained kwargs, from its metadata)")
 
 
 def _require(session: Session | None) -> Session:
@@ -77,10 +79,21 @@ def run_load_sae(session: Session | None, args: LoadSaeInput, reporter: Reporter
     reporter.progress(0.1, f"loading SAE {args.sae}")
     sess, info = service.load_sae(sess, args.sae)
     reporter.progress(1.0, "SAE loaded")
-    result = LoadSaeResult(session=sess.id, sae=info.spec, source=info.source, hook=info.hook, layer=info.layer, d_in=info.d_in, d_sae=info.d_sae, architecture=info.architecture)
-    finding = Finding(text=f"SAE loaded: {info.d_sae} {info.architecture} features reading {info.hook} (layer {info.layer}, d_in {info.d_in} = the model's d_model).")
+    result = LoadSaeResult(
+        session=sess.id, sae=info.spec, source=info.source, hook=info.hook, hook_assumed=info.hook_assumed, layer=info.layer, d_in=info.d_in,
+        d_sae=info.d_sae, architecture=info.architecture, model_kwargs=info.model_kwargs,
+    )
+    findings = [Finding(text=f"SAE loaded: {info.d_sae} {info.architecture} features reading {info.hook} (layer {info.layer}, d_in {info.d_in} = the model's d_model).")]
+    if info.hook_assumed:
+        findings.append(Finding(text=f"The SAE's metadata names no hook: assuming it reads {info.hook} (the model's default layer). If it was trained elsewhere, save it with metadata.hook_name set.", severity="warn"))
+    if info.centred:
+        findings.append(Finding(
+            text="The SAE was trained on a model loaded with center_writing_weights=True, whose residual vectors all have mean 0 "
+            "over d_model (LayerNorm models); the session runs unprocessed HF weights, so centre each activation (x - x.mean(-1)) before encoding.",
+            severity="warn",
+        ))
     follow = [FollowUp(tool="run_weight_diff", args={}, why=f"pass checkpoint=PATH to see whether layer {info.layer}, where the SAE reads, changed")]
-    return Outcome(result=result, findings=[finding], follow_ups=follow)
+    return Outcome(result=result, findings=findings, follow_ups=follow)
 
 
 def run_status(session: Session | None, args: SessionStatusInput, reporter: Reporter) -> Outcome[SessionStatus]:
