@@ -20,12 +20,12 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def wire_value(value: Any) -> Any:
     """`value` with non-finite floats as strings and lone surrogates as U+FFFD, at any depth."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, str):
         return value if value.isascii() else _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {wire_value(str(k)): wire_value(v) for k, v in value.items()}
+        return {(k if type(k) is str and k.isascii() else wire_value(str(k))): wire_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [wire_value(v) for v in value]
     return value
