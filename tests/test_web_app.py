@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from toolserver.registry import ToolError
 from web_mirror.app import create_app
+from web_mirror.events import Event
 from web_mirror.server import is_loopback, serve
 from web_mirror.store import Store
 
@@ -138,7 +139,12 @@ def test_with_a_token_every_api_call_needs_it(tmp_path: Path) -> None:
     assert c.post("/api/events", json=tool_call("s", "c"), headers=ok).status_code == 200
     assert c.get("/api/sessions", headers=ok).status_code == 200
     assert c.get("/api/calls/c?token=s3cret").status_code == 200
-    assert c.get("/").status_code == 200  # the page itself holds no data; it asks for the token
+    page = c.get("/")
+    assert page.status_code == 200  # the page itself holds no data; it asks for the token
+    # escaped text is the first defence against hostile text, this the second: no inline or remote script
+    assert "script-src 'self';" in page.headers["content-security-policy"] and "unsafe" not in page.headers["content-security-policy"]
+    for r in (page, c.get("/api/sessions", headers=ok)):
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
 
 
 def test_non_loopback_bind_requires_a_token() -> None:
@@ -149,15 +155,35 @@ def test_non_loopback_bind_requires_a_token() -> None:
 
 
 def test_the_store_keeps_order_and_results_across_reopen(tmp_path: Path) -> None:
-    from web_mirror.events import Event
-
     store = Store.in_home(tmp_path)
     evs = [Event(type="tool.progress", session="s", call_id="c", data={"fraction": i / 10}) for i in range(10)]
-    store.ingest(evs)
+    store.ingest([*evs, Event(type="tool.result", session="s", call_id="c", data={"slim": 1, "result": {"full": [1, 2]}})])
     store.close()
     again = Store.in_home(tmp_path)
-    assert [e.data["fraction"] for e in again.events("s")] == [i / 10 for i in range(10)]
+    assert [e.data.get("fraction") for e in again.events("s")] == [i / 10 for i in range(10)] + [None]
+    assert again.result("c") == {"full": [1, 2]} and again.events("s")[-1].data == {"slim": 1, "has_result": True}
     assert sqlite3.connect(again.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_two_servers_on_one_state_directory_share_one_log(tmp_path: Path) -> None:
+    """Two mirrors on the same home (two ports, or a restart overlapping the old process) write by turns:
+    the busy timeout makes the second writer wait instead of failing with "database is locked"."""
+    stores = [Store.in_home(tmp_path), Store.in_home(tmp_path)]
+
+    def write(k: int) -> None:
+        for i in range(40):
+            stores[k].ingest([Event(type="tool.progress", session="s", call_id=f"c{k}", data={"i": i}) for _ in range(20)])
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    logged = stores[0].events("s")
+    assert len(logged) == 1600 and [e.seq for e in logged] == list(range(1, 1601))
+    for k in (0, 1):
+        assert [e.data["i"] for e in logged if e.call_id == f"c{k}"] == [i for i in range(40) for _ in range(20)]
+    assert stores[1].sessions()[0].n_events == 1600
 
 
 def test_an_unusable_state_directory_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
