@@ -69,3 +69,9 @@ def lookup(spec: str) -> CatalogEntry | None:
     if key in CATALOG:
         return CATALOG[key]
     return next((e for e in CATALOG.values() if e.hf_id.lower() == key), None)
+
+
+def for_dir(path: Path) -> CatalogEntry | None:
+    """The entry whose bundled model directory `path` is (so a catalogued model given as a path keeps its defaults)."""
+    target = path.resolve()
+    return next((e for e in CATALOG.values() if (d := e.bundled_dir()) is not None and d.resolve() == target), None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from session.catalog import CATALOG, CatalogEntry, Kind, lookup
+from session.catalog import CATALOG, CatalogEntry, Kind, for_dir, lookup
 from toolserver.registry import ToolError
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -40,7 +40,7 @@ def resolve_model(spec: str) -> ResolvedModel:
     path = Path(spec).expanduser()
     if path.exists() or _looks_like_path(spec):
         local = _local_dir(spec, path)
-        entry = next((e for e in CATALOG.values() if e.bundled_dir() == local), None)
+        entry = for_dir(local)
         return ResolvedModel(spec, local, detect_kind(read_config(local)), entry.hf_id if entry else None, entry)
     entry = lookup(spec)
     if entry is not None and (bundled := entry.bundled_dir()) is not None:

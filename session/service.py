@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from session.catalog import CATALOG, CatalogEntry, lookup
+from session.catalog import CatalogEntry, for_dir, lookup
 from session.models import is_loaded
 from session.resolve import model_dims, read_config, resolve_model
 from session.sae import SaeInfo, load_sae as load_sae_object, remember, sae_is_loaded
@@ -39,10 +39,7 @@ def start_session(session_id: str, model_spec: str) -> tuple[Session, Path | Non
 
 
 def catalog_entry(session: Session) -> CatalogEntry | None:
-    entry = lookup(session.model)
-    if entry is not None:
-        return entry
-    return next((e for e in CATALOG.values() if (d := e.bundled_dir()) is not None and str(d) == session.model_source), None)
+    return lookup(session.model) or for_dir(Path(session.model_source))
 
 
 def dims(session: Session) -> tuple[int, int]:
