@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from toolserver.registry import ToolError
-from web_mirror.app import create_app
+from web_mirror.app import RECONNECT_MS, create_app
 from web_mirror.events import Event
 from web_mirror.server import is_loopback, serve
 from web_mirror.store import Store
@@ -221,6 +221,11 @@ def test_sse_stream_is_live_and_resumes_from_last_event_id(tmp_path: Path) -> No
         assert [e["type"] for e in events] == ["tool.start", "tool.progress", "tool.result", "tool.start", "tool.progress"]
         assert "result" not in events[2]["data"] and events[2]["data"]["has_result"] is True
         assert events[2]["data"]["slim"] == tool_call("s", "c1")[2]["data"]["slim"]
+
+        with httpx.stream("GET", f"{server.url}/api/sessions/s/stream", timeout=5) as r:
+            lines = r.iter_lines()
+            first = list(iter(lambda: next(lines), ""))
+        assert f"retry: {RECONNECT_MS}" in first  # a page reconnects after 1 s, not the browser's 3
 
         resumed: list[dict] = []
         _read_sse(f"{server.url}/api/sessions/s/stream", {"Last-Event-ID": "3"}, 2, resumed)

@@ -34,6 +34,7 @@ MAX_BODY = 8 * 1024 * 1024  # a full weight-diff envelope of a large model is we
 MAX_BATCH = 1000
 MAX_ERRORS = 20  # validation errors listed in a 422 (a bad 1000-event batch could have thousands)
 STREAM_BATCH = 500
+RECONNECT_MS = 1000  # how soon a page's EventSource retries after a dropped stream (the browser's default is ~3 s)
 COALESCE_S = 0.005  # after a wake-up, let a burst of single-event POSTs gather into one stream message
 EVENT_TYPE = r"^(tool\.(start|progress|result|error)|training\.watch\..+|simulate\..+)$"
 _ID = {"min_length": 1, "max_length": 200}
@@ -189,6 +190,7 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
         """The session's events as SSE: `event: mirror`, data = a JSON array of events in order (each without
         its full result), id = the seq of the last one, so Last-Event-ID resumes right after it."""
         cursor = max(after, int(last_event_id) if last_event_id and last_event_id.isdigit() else 0)
+        yield ServerSentEvent(comment="trainspect mirror", retry=RECONNECT_MS)
         while True:
             changed = hub.changed
             batch = await run_in_threadpool(store.events_json, session_id, cursor, STREAM_BATCH)

@@ -6,7 +6,7 @@ import { clock, el, replace } from "./dom.js";
 import { applyEvent, newCard } from "./fold.js";
 
 const TOKEN_KEY = "trainspect-mirror-token";
-const RECONNECT_MS = 2000;
+const RECONNECT_MS = 1000;
 const $ = (id) => document.getElementById(id);
 
 const state = { sessions: [], current: null, cards: new Map(), nodes: new Map(), lastSeq: 0, stream: null, dirty: new Set(), frame: 0 };
