@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from web_fixtures import ROOT, MirrorServer, browser_page, chromium_path, ev, mirror_server, tool_call
+from web_fixtures import ROOT, MirrorServer, chromium, chromium_path, ev, fresh_page, mirror_server, tool_call
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian chromium is not installed (make setup installs it)")
 
@@ -30,9 +30,15 @@ def server(tmp_path: Path) -> Iterator[MirrorServer]:
         yield s
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as b:  # one launch for the module; every test gets a fresh context
+        yield b
+
+
 @pytest.fixture
-def page(server: MirrorServer) -> Iterator[Any]:
-    with browser_page() as p:
+def page(server: MirrorServer, browser: Any) -> Iterator[Any]:
+    with fresh_page(browser) as p:
         p.errors = []
         p.dialogs = []
         p.on("pageerror", lambda e: p.errors.append(str(e)))
@@ -202,8 +208,8 @@ def test_a_page_survives_a_server_restart_and_misses_nothing(server: MirrorServe
     assert page.eval_on_selector('article[data-call-id="after1"]', "n => n.dataset.status") == "ok"
 
 
-def test_with_a_token_the_page_asks_for_it_and_then_works(tmp_path: Path) -> None:
-    with mirror_server(tmp_path / "home", token="tok-123") as server, browser_page() as page:
+def test_with_a_token_the_page_asks_for_it_and_then_works(tmp_path: Path, browser: Any) -> None:
+    with mirror_server(tmp_path / "home", token="tok-123") as server, fresh_page(browser) as page:
         server.post(tool_call("t", "c1"))
         page.goto(server.url)
         page.wait_for_selector("#token-form:not([hidden])")

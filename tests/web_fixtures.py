@@ -132,14 +132,30 @@ def chromium_path() -> str | None:
 
 
 @contextmanager
-def browser_page(width: int = 1280, height: int = 900) -> Iterator[Any]:
-    """A page in the system's headless Chromium (never a downloaded browser)."""
+def chromium() -> Iterator[Any]:
+    """The system's headless Chromium (never a downloaded browser)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def fresh_page(browser: Any, width: int = 1280, height: int = 900) -> Iterator[Any]:
+    """A page in its own context (no storage shared with other pages), closed afterwards."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@contextmanager
+def browser_page(width: int = 1280, height: int = 900) -> Iterator[Any]:
+    """A page in a Chromium of its own."""
+    with chromium() as browser, fresh_page(browser, width, height) as page:
+        yield page
