@@ -145,34 +145,33 @@ def _base_hf_model(base_dir: Path, kind: Kind) -> Any:
 
 
 def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path) -> None:
-    """Overwrite the model's weights in place: checkpoint tensors by normalised name, then LoRA updates."""
+    """Overwrite the model's weights in place: checkpoint tensors by normalised name, then LoRA updates.
+
+    Names, shapes, tied embeddings and LoRA orientation are settled by the loader's `align`, exactly as
+    weight-diff sees them; here only the mapping onto the loaded module's parameters is left.
+    """
     from session.checkpoint_keys import normalise_key
-    from session.checkpoints import apply_ties, open_checkpoint
+    from session.checkpoints import align, open_checkpoint
 
     with open_checkpoint(base_dir) as base:
-        apply_ties(base, reader)
-    targets = {normalise_key(name): tensor for name, tensor in model.state_dict().items()}
-    plain = [k for k in reader.keys() if k in targets]
-    pairs = {k: p for k, p in reader.lora_pairs().items() if k in targets}
-    stray = [k for k in reader.lora_pairs() if k not in targets]
-    if stray:
-        raise ToolError(f"{reader.path}: LoRA targets not in the base {base_dir}: {', '.join(stray[:3])}", "is the adapter for another model?")
-    foreign = [k for k in reader.keys() if k not in targets and not _SKIPPABLE.search(k)]
+        alignment = align(base, reader)
+    foreign = [k for k in alignment.only_in_checkpoint if not _SKIPPABLE.search(k)]
     if foreign:
         raise ToolError(f"{reader.path} has {len(foreign)} tensors the base {base_dir} lacks, e.g. {', '.join(foreign[:3])}", "is the checkpoint from another architecture?")
-    if not plain and not pairs:
-        sample = ", ".join((reader.keys() or list(reader.lora_pairs()))[:3])
-        raise ToolError(f"{reader.path} shares no weight names with the base {base_dir} (checkpoint has {sample})", "is the checkpoint from another architecture?")
-    bad = [f"{k} {list(reader.shape(k))} vs base {list(targets[k].shape)}" for k in plain if tuple(reader.shape(k)) != tuple(targets[k].shape)]
-    bad += [f"{k} LoRA {list(p.shape)} vs base {list(targets[k].shape)}" for k, p in pairs.items() if tuple(p.shape) != tuple(targets[k].shape)]
-    if bad:
-        raise ToolError(f"{reader.path} does not fit the base {base_dir}: {len(bad)} shape mismatches, e.g. {'; '.join(bad[:2])}", "is the checkpoint from another model size?")
+    targets = {normalise_key(name): tensor for name, tensor in model.state_dict().items()}
+    pairs = reader.lora_pairs()
+    unplaced = [k for k in [*alignment.common, *pairs] if k not in targets and not _SKIPPABLE.search(k)]
+    if unplaced:
+        raise ToolError(f"the loaded model from {base_dir} has no parameter for {len(unplaced)} of {reader.path}'s tensors, e.g. {', '.join(unplaced[:3])}",
+                        "is the base directory's architecture the one the checkpoint was trained on?")
     with torch.no_grad():
-        for k in plain:
-            targets[k].copy_(reader.get(k))
+        for k in alignment.common:
+            if k in targets:
+                targets[k].copy_(reader.get(k))
         for k, pair in pairs.items():
-            target = targets[k]
-            target.add_((pair.left().to(target.dtype) @ pair.right().to(target.dtype)) * pair.scale)
+            if k in targets:
+                target = targets[k]
+                target.add_((pair.left().to(target.dtype) @ pair.right().to(target.dtype)) * pair.scale)
 
 
 def first_line(e: Exception) -> str:

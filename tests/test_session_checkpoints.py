@@ -112,3 +112,21 @@ def test_a_checkpoint_rewritten_in_place_is_reloaded(runs: dict[str, dict[str, P
     tokens = first.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert (second.model(tokens) - first.model(tokens)).abs().max() > 1e-4
+
+
+def test_gpt2_adapter_orientation_follows_the_base_not_the_config_flag(runs: dict[str, dict[str, Path]], tmp_path: Path) -> None:
+    """GPT-2's Conv1D stores W as (in, out): a square c_proj update must be merged transposed even when
+    an adapter's config says fan_in_fan_out=false (peft itself forces it true for Conv1D)."""
+    import json
+
+    flipped = tmp_path / "lora-flag-false"
+    shutil.copytree(runs["gpt2"]["lora"], flipped)
+    config = json.loads((flipped / "adapter_config.json").read_text())
+    config["fan_in_fan_out"] = False
+    (flipped / "adapter_config.json").write_text(json.dumps(config))
+    session, _ = service.start_session("gpt2-flag", str(runs["gpt2"]["base"]))
+    tokens = load_model(session).tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = load_checkpoint_model(session, flipped).model(tokens)
+        ref = _reference(runs["gpt2"]["base"], runs["gpt2"]["lora"], "lora")(tokens).logits
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
