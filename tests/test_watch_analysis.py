@@ -72,14 +72,14 @@ def test_cadence() -> None:
 
 def test_triggers_fire_on_rising_edges() -> None:
     t = Triggers(AnalysisConfig(loss_window=5, grad_norm_threshold=10.0))
-    ok = torch.tensor([1.0, 2.0])
+    ok = [1.0, 2.0]
     assert [t.check(1.0, ok) for _ in range(5)] == [[]] * 5
     assert t.check(2.5, ok) == ["loss_spike"]  # > 2 × the mean of the previous five
     assert t.check(3.0, ok) == []  # still spiking: no new checkpoint
-    assert t.check(1.0, torch.tensor([30.0, 1.0])) == ["grad_norm"]
-    assert t.check(1.0, torch.tensor([0.0, 1.0])) == ["dead_param"]
-    assert t.check(1.0, torch.tensor([0.0, 1.0])) == []
-    assert t.check(1.0, torch.tensor([0.0, 0.0])) == ["dead_param"]  # another parameter died
+    assert t.check(1.0, [30.0, 1.0]) == ["grad_norm"]
+    assert t.check(1.0, [0.0, 1.0]) == ["dead_param"]
+    assert t.check(1.0, [0.0, 1.0]) == []
+    assert t.check(1.0, [0.0, 0.0]) == ["dead_param"]  # another parameter died
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ reader, and the mirror path — never blocking training when the mirror is down 
 delivering step and signal events to a real running mirror."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -19,7 +20,7 @@ from torch import nn
 from watch_fixtures import tiny_lm
 
 from tools.watch import StepLogger
-from tools.watch.emitters import GradNormMeter
+from tools.watch.emitters import GradNormMeter, MirrorSink
 from tools.watch.readers import JsonlReader
 from tools.watch.snapshot import StepSnapshot
 
@@ -47,7 +48,7 @@ def test_grad_norms_per_module_match_a_direct_computation() -> None:
     torch.manual_seed(0)
     net = Net()
     net(torch.randint(0, 10, (4, 5))).square().mean().backward()
-    norms, max_grad = GradNormMeter(net).measure()
+    norms, max_grad, per_param = GradNormMeter(net).measure()
     assert set(norms) == {"Net", "embed", "block.attn", "block.mlp", "block.unused"}  # frozen: not reported
 
     def direct(*params: torch.Tensor) -> float:
@@ -59,35 +60,63 @@ def test_grad_norms_per_module_match_a_direct_computation() -> None:
     assert norms["block.unused"] == 0.0  # trainable but no gradient reached it: a dead path
     every = [p for p in net.parameters() if p.grad is not None]
     assert max_grad == pytest.approx(max(direct(p) for p in every), rel=1e-5)
+    assert per_param == pytest.approx([direct(p) for p in GradNormMeter(net).params], rel=1e-5)
 
 
 def test_before_any_backward_norms_are_zero_and_max_unknown() -> None:
-    norms, max_grad = GradNormMeter(Net()).measure()
-    assert max_grad is None and set(norms.values()) == {0.0}
+    norms, max_grad, per_param = GradNormMeter(Net()).measure()
+    assert max_grad is None and per_param is None and set(norms.values()) == {0.0}
+
+
+def test_one_host_read_per_step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Norms and loss come to the host in one copy; queuing the norms (the HF callback's per-step path)
+    reads nothing. Counted on the CPU as calls that would each wait for a GPU."""
+    reads: list[str] = []
+    for name in ("tolist", "item", "cpu", "__float__", "numpy"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name, **k: reads.append(_n) or _f(self, *a, **k))
+    model = tiny_lm()
+    x = torch.randint(0, 64, (2, 8))
+    with StepLogger(model, path=tmp_path / "m.jsonl") as log:
+        for step in (1, 2):
+            model.zero_grad()
+            loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            reads.clear()
+            log.meter.on_device(loss)
+            assert reads == []
+            log.step(step, loss)
+            assert reads == ["tolist"]
+
+
+def test_a_repeated_step_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with StepLogger(path=tmp_path / "m.jsonl") as log:
+        for step in (1, 2, 2, 1, 3):
+            log.record(StepSnapshot(step=step, loss=1.0))
+    assert log.skipped == 2 and len(caplog.records) == 1 and "step 2 is not after step 2" in caplog.text
+    assert [json.loads(line)["step"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_jsonl_lines_are_whole_for_a_concurrent_reader(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     names = [f"model.layers.{i}.mlp.down_proj" for i in range(300)]  # ~12 KB lines
     log = StepLogger(path=path)
-    seen, bad, done = [], [], threading.Event()
+    reader, seen, bad, done = JsonlReader(path), [], [], threading.Event()
 
-    def tail() -> None:
-        reader = JsonlReader(path)
+    def tail(final: bool) -> None:
         while not done.is_set() or reader.pending():
-            batch = reader.read(final=False)
+            batch = reader.read(final=final)
             seen.extend(s.step for _, s in batch.snapshots)
             bad.extend(batch.bad)
 
-    thread = threading.Thread(target=tail)
+    thread = threading.Thread(target=tail, args=(False,))
     thread.start()
     for step in range(1, 1001):
         log.record(StepSnapshot(step=step, loss=1.0 + step % 7, grad_norms=dict.fromkeys(names, 0.5)))
     done.set()
     thread.join(timeout=30)
     log.close()
-    reader = JsonlReader(path)
-    seen += [s.step for _, s in reader.read(final=True).snapshots if s.step > (seen[-1] if seen else 0)]
+    tail(final=True)  # what the tailing reader had not reached yet
     assert not bad and seen == list(range(1, 1001))
 
 
@@ -105,16 +134,16 @@ def test_new_logger_truncates_unless_appending(tmp_path: Path) -> None:
 
 
 class StalledClient:
-    """A MirrorClient whose every send blocks, like a black-holed mirror."""
+    """A MirrorClient whose every send blocks for `delay` s, like a black-holed mirror."""
 
-    sent: list = []
+    delay = 0.5
 
     def __init__(self, url: str, **kw: object) -> None:
-        pass
+        self.sent: list = []
 
     def send(self, event: object) -> None:
-        time.sleep(0.5)
-        StalledClient.sent.append(event)
+        time.sleep(self.delay)
+        self.sent.append(event)
 
     def flush(self, timeout: float = 2.0) -> bool:
         return False
@@ -137,6 +166,22 @@ def test_a_stalled_mirror_never_blocks_the_training_loop(monkeypatch: pytest.Mon
     log.close()
     assert longest < 0.25  # each send takes 0.5 s in the background; the loop never waits for one
     assert time.perf_counter() - t < 5.0  # close gives up after its timeouts instead of hanging
+
+
+def test_a_full_mirror_queue_drops_steps_but_keeps_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    import web_mirror.client
+
+    monkeypatch.setattr(web_mirror.client, "MirrorClient", StalledClient)
+    monkeypatch.setattr(StalledClient, "delay", 0.2)
+    sink = MirrorSink("http://10.255.255.1:9", run="slow", session="s", token=None, max_queue=8, reserve=3)
+    for step in range(1, 41):
+        sink.send("training.watch.step", "snapshot", lambda step=step: {"step": step}, droppable=True)
+    sink.send("training.watch.signal", "signal", lambda: {"type": "gradient_spike"}, droppable=False)
+    sink.close()
+    sent = [(e.type, e.data) for e in sink.client.sent]
+    steps_sent = [d["snapshot"]["step"] for t, d in sent if t == "training.watch.step"]
+    assert 5 <= len(steps_sent) <= 7 and sink.dropped == 40 - len(steps_sent)  # 5 queued, 1 or 2 taken meanwhile
+    assert sent[-1] == ("training.watch.signal", {"run": "slow", "signal": {"type": "gradient_spike"}})
 
 
 def test_mirror_down_spools_and_raises_nothing(tmp_path: Path, isolated_home: Path) -> None:

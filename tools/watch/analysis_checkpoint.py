@@ -198,7 +198,7 @@ class Triggers:
         self._spiking = self._over = False
         self._dead: set[int] = set()
 
-    def check(self, loss: float | None, param_norms: torch.Tensor | None) -> list[Reason]:
+    def check(self, loss: float | None, param_norms: Sequence[float] | None) -> list[Reason]:
         cfg, out = self.cfg, []
         if loss is not None and math.isfinite(loss):
             full = len(self._losses) == cfg.loss_window
@@ -208,12 +208,12 @@ class Triggers:
             self._spiking = spiking
             self._losses.append(loss)
         if param_norms is not None:
-            total = float(torch.linalg.vector_norm(param_norms))
+            total = math.hypot(*param_norms)
             over = total > cfg.grad_norm_threshold
             if over and not self._over:
                 out.append("grad_norm")
             self._over = over
-            dead = set((param_norms < cfg.dead_param_norm).nonzero().flatten().tolist())
+            dead = {i for i, norm in enumerate(param_norms) if norm < cfg.dead_param_norm}
             if dead - self._dead:
                 out.append("dead_param")
             self._dead = dead
@@ -267,7 +267,7 @@ class AnalysisRecorder:
             h.remove()
         self._hooks.clear()
 
-    def record(self, step: int, loss: float | None, param_norms: torch.Tensor | None = None, *,
+    def record(self, step: int, loss: float | None, param_norms: Sequence[float] | None = None, *,
                attentions: Sequence[torch.Tensor] | None = None) -> Path | None:
         """Write a checkpoint for this step if due. `attentions`: per-layer patterns, e.g. a Hugging Face
         model's `outputs.attentions` (run it with output_attentions=True)."""

@@ -16,8 +16,10 @@ import math
 import os
 import queue
 import threading
+import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -30,62 +32,81 @@ from tools.watch.watcher import RunSummary, default_run_name
 log = logging.getLogger("trainspect.watch")
 
 
+class GradNorms(NamedTuple):
+    """One step's gradient norms, on the host."""
+
+    modules: dict[str, float]  # module name → L2 norm of its own parameters' gradients
+    max: float | None  # the largest per-parameter grad norm (None before any backward)
+    params: list[float] | None  # per-parameter norms (0 without a gradient), for the analysis triggers
+
+
+class Pending(NamedTuple):
+    """Norms queued on the gradients' device, not yet copied to the host."""
+
+    packed: torch.Tensor  # the present gradients' norms, then the riders
+    present: list[int]  # which parameters had a gradient
+    riders: int  # scalar tensors appended after the norms (the loss)
+
+
 class GradNormMeter:
-    """Per-module L2 grad norms and the largest per-parameter grad norm, from one fused norm call over
-    all gradients (no Python work per scalar, one host sync per step)."""
+    """Per-module L2 grad norms and the largest per-parameter grad norm. One fused `_foreach_norm` (in
+    float32) over all gradients where they live, stacked with the loss into one tensor: a single host
+    copy per step. On the host each module's norm is one C-level `math.hypot` over its parameters'
+    norms; a handful of torch calls per step, since on a small model each one costs as much as the maths."""
 
     def __init__(self, model: nn.Module) -> None:
         seen: set[int] = set()
         self.params: list[nn.Parameter] = []
-        self.param_names: list[str] = []
         self.names: list[str] = []  # modules
-        owners: list[int] = []
+        self._spans: list[tuple[int, int]] = []  # each module's parameters: params[start:end]
         for name, module in model.named_modules():
-            own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
             if not own:
                 continue
-            seen.update(id(p) for _, p in own)  # a tied weight counts once, under its first owner
-            owners += [len(self.names)] * len(own)
+            seen.update(id(p) for p in own)  # a tied weight counts once, under its first owner
             self.names.append(name or type(module).__name__)
-            self.param_names += [f"{name}.{n}" if name else n for n, _ in own]
-            self.params += [p for _, p in own]
-        self.owners = owners  # module index of each parameter
+            self._spans.append((len(self.params), len(self.params) + len(own)))
+            self.params += own
 
-    def param_norms(self) -> torch.Tensor | None:
-        """Per-parameter grad norms on the CPU (0 for a parameter without a gradient); None before any backward."""
+    def on_device(self, *riders: torch.Tensor) -> Pending | None:
+        """Queue the norms of the present gradients (and the scalar `riders`) where they live; nothing
+        waits for the device here. None before any backward."""
         grads = [p.grad for p in self.params]
         present = [i for i, g in enumerate(grads) if g is not None]
         if not present:
             return None
-        found = torch._foreach_norm([grads[i] for i in present])  # the fused kernel clip_grad_norm_ uses
+        found = torch._foreach_norm([grads[i] for i in present], 2, dtype=torch.float32)  # clip_grad_norm_'s kernel
+        extra = [r.detach() for r in riders]
         try:
-            stacked = torch.stack(found).float().cpu()
-        except RuntimeError:  # gradients on several devices (model parallel)
-            stacked = torch.stack([n.float().cpu() for n in found])
-        if len(present) == len(grads):
-            return stacked
-        norms = torch.zeros(len(grads))
-        norms[present] = stacked
-        return norms
+            packed = torch.stack([*found, *extra])
+        except RuntimeError:  # tensors on several devices (model parallel): gather them on the CPU
+            packed = torch.stack([t.float().cpu() for t in (*found, *extra)])
+        return Pending(packed, present, len(riders))
 
-    def group(self, norms: torch.Tensor | None) -> tuple[dict[str, float], float | None]:
-        """(module name → grad norm, max per-parameter grad norm) from per-parameter norms: one host
-        copy of one float per parameter, then plain arithmetic (cheaper than tensor ops at this size)."""
-        if norms is None:
-            return dict.fromkeys(self.names, 0.0), None
-        values = norms.tolist()
-        squares = [0.0] * len(self.names)
-        for owner, v in zip(self.owners, values):
-            squares[owner] += v * v
-        return dict(zip(self.names, map(math.sqrt, squares))), max(values)
+    def to_host(self, pending: Pending | None) -> tuple[GradNorms, list[float]]:
+        """The step's one host copy: (grad norms, the riders as floats)."""
+        if pending is None:
+            return GradNorms(dict.fromkeys(self.names, 0.0), None, None), []
+        values = pending.packed.tolist()
+        n = len(pending.present)
+        norms, riders = values[:n], values[n:]
+        if n < len(self.params):  # parameters without a gradient count as 0
+            full = [0.0] * len(self.params)
+            for i, v in zip(pending.present, norms):
+                full[i] = v
+            norms = full
+        modules = dict(zip(self.names, [math.hypot(*norms[a:b]) for a, b in self._spans]))
+        return GradNorms(modules, max(norms), norms), riders
 
-    def measure(self) -> tuple[dict[str, float], float | None]:
-        return self.group(self.param_norms())
+    def measure(self) -> GradNorms:
+        return self.to_host(self.on_device())[0]
 
 
 class JsonlSink:
-    """One os.write() of a whole line per step on an O_APPEND descriptor: a reader never sees half a
-    line from a well-behaved writer, and the line is in the OS as soon as step() returns."""
+    """One os.write() of a whole line per step on an O_APPEND descriptor: lines from two writers never
+    interleave, and the line is in the OS as soon as step() returns (a crash right after loses nothing).
+    A concurrent reader may still see the tail of a line still being copied in; JsonlReader holds an
+    unterminated last line back until its newline arrives."""
 
     def __init__(self, path: Path, append: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,36 +124,41 @@ class JsonlSink:
 
 
 class MirrorSink:
-    """Live events to the web mirror from a background thread: the training loop only enqueues, so a
-    mirror that is down, slow or black-holed never costs the loop more than a queue put. If the queue
-    fills (mirror far behind), step events are dropped and counted; signals are always queued."""
+    """Live events to the web mirror from a background thread: the training loop only enqueues the
+    already-built models (the worker serialises them into events), so a mirror that is down, slow or
+    black-holed never costs the loop more than a queue put. Step events are dropped (and counted) once
+    the queue is nearly full; the last `reserve` places are kept for signals and the summary."""
 
-    def __init__(self, url: str, *, run: str, session: str, token: str | None, max_queue: int = 10_000) -> None:
+    def __init__(self, url: str, *, run: str, session: str, token: str | None, max_queue: int = 10_000,
+                 reserve: int = 1_000) -> None:
         from web_mirror.client import MirrorClient
 
         self.run, self.session = run, session
         self.client = MirrorClient(url, token=token)
         self.dropped = 0
+        self._step_room = max_queue - reserve
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._work, name=f"trainspect-mirror-{run}", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
-        while (event := self._queue.get()) is not None:
+        from web_mirror.events import Event
+
+        while (item := self._queue.get()) is not None:
+            type, key, dump, ts = item
             try:
-                self.client.send(event)
+                self.client.send(Event(type=type, session=self.session, call_id=self.run, ts=ts,
+                                       data={"run": self.run, key: dump()}))
             except Exception:  # the client promises not to raise; the training run must not depend on it
                 log.warning("web mirror: event not sent", exc_info=True)
 
-    def send(self, type: str, data: dict[str, Any], *, droppable: bool) -> None:
-        from web_mirror.events import Event
-
-        event = Event(type=type, session=self.session, call_id=self.run, data={"run": self.run, **data})
+    def send(self, type: str, key: str, dump: Callable[[], Any], *, droppable: bool) -> None:
+        """Queue event `type` whose data is {run, key: dump()}; never waits."""
+        if droppable and self._queue.qsize() >= self._step_room:
+            self.dropped += 1
+            return
         try:
-            if droppable:
-                self._queue.put_nowait(event)
-            else:
-                self._queue.put(event, timeout=1.0)
+            self._queue.put_nowait((type, key, dump, time.time()))
         except queue.Full:
             self.dropped += 1
 
@@ -170,6 +196,7 @@ class StepLogger:
             self.analysis.arm()  # the first step may be a scheduled one
         self.engine = SignalEngine(config)
         self.summary = RunSummary()
+        self.skipped = 0  # steps not after the previous one, not logged
         self.run = run or (default_run_name(Path(path)) if path is not None else f"run-{os.getpid()}")
         self.file = JsonlSink(Path(path), append) if path is not None else None
         self.mirror = None
@@ -184,22 +211,28 @@ class StepLogger:
         (e.g. a Hugging Face model's outputs.attentions) feed attention entropy in analysis checkpoints."""
         if learning_rate is None and optimizer is not None:
             learning_rate = float(optimizer.param_groups[0]["lr"])
-        param_norms = self.meter.param_norms() if self.meter is not None else None
-        norms, max_grad = self.meter.group(param_norms) if self.meter is not None else (None, None)
-        loss_value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        snap = StepSnapshot(step=step, loss=loss_value, learning_rate=learning_rate, max_grad=max_grad,
-                            grad_norms=norms, epoch=epoch, **extra)
+        is_tensor = isinstance(loss, torch.Tensor)
+        pending = self.meter.on_device(*([loss] if is_tensor else [])) if self.meter is not None else None
+        grads, riders = self.meter.to_host(pending) if self.meter is not None else (None, [])
+        loss_value = riders[0] if riders else float(loss.detach()) if is_tensor else float(loss)  # type: ignore[union-attr]
+        snap = StepSnapshot(step=step, loss=loss_value, learning_rate=learning_rate, epoch=epoch,
+                            max_grad=grads.max if grads else None, grad_norms=grads.modules if grads else None, **extra)
         signals = self.record(snap)
         if self.analysis is not None:
-            self.analysis.record(step, loss_value, param_norms, attentions=attentions)
+            self.analysis.record(step, loss_value, grads.params if grads else None, attentions=attentions)
             if scheduled(step + 1):
                 self.analysis.arm()
         return signals
 
     def record(self, snap: StepSnapshot) -> list[Signal]:
-        """Log an already-built snapshot (the Hugging Face callback's path)."""
+        """Log an already-built snapshot (the Hugging Face callback's path). A step that is not after the
+        previous one is skipped with a warning rather than raised: a logging slip must not end a run."""
         if self.engine.last_step is not None and snap.step <= self.engine.last_step:
-            raise ValueError(f"step {snap.step} is not after the previous step {self.engine.last_step}")
+            self.skipped += 1
+            if self.skipped == 1:
+                log.warning("trainspect: step %d is not after step %d, not logged (steps must increase; "
+                            "StepLogger.skipped counts these)", snap.step, self.engine.last_step)
+            return []
         signals = self.engine.observe(snap)
         snap.dead_layers = self.engine.dead_layers() or None
         self.summary.add_step(snap)
@@ -208,9 +241,9 @@ class StepLogger:
         if self.file is not None:
             self.file.write(snap)
         if self.mirror is not None:
-            self.mirror.send("training.watch.step", {"snapshot": snap.wire()}, droppable=True)
+            self.mirror.send("training.watch.step", "snapshot", snap.wire, droppable=True)
             for s in signals:
-                self.mirror.send("training.watch.signal", {"signal": s.model_dump(mode="json")}, droppable=False)
+                self.mirror.send("training.watch.signal", "signal", partial(s.model_dump, mode="json"), droppable=False)
         return signals
 
     def close(self) -> None:
@@ -218,7 +251,7 @@ class StepLogger:
             self.file.close()
             self.file = None
         if self.mirror is not None:
-            self.mirror.send("training.watch.summary", {"summary": self.summary.model_dump(mode="json")}, droppable=False)
+            self.mirror.send("training.watch.summary", "summary", partial(self.summary.model_dump, mode="json"), droppable=False)
             self.mirror.close()
             self.mirror = None
 

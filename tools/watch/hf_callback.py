@@ -1,11 +1,12 @@
 """The Hugging Face `transformers` emitter: `Trainer(..., callbacks=[TrainspectCallback(path=...)])`.
 
-Gradients are read in `on_pre_optimizer_step`, after the Trainer has clipped them. Clipping scales
-every gradient by the same factor, so when the step is logged the callback divides that factor back
-out using the pre-clip global norm the Trainer logs as `grad_norm`: maxGrad and the per-module norms
-are pre-clip, as a spike detector needs. A snapshot is written per logged step — use
-`logging_steps=1` for per-step signals; with a larger interval the loss is the Trainer's interval mean
-and the grad norms those of the interval's last step.
+Gradients are read in `on_pre_optimizer_step`, after the Trainer has clipped them: the norm kernels
+are queued there on the gradients' device and only copied to the host when the step is logged, so a
+step that is not logged costs no host sync. Clipping scales every gradient by the same factor, so when
+the step is logged the callback divides that factor back out using the pre-clip global norm the
+Trainer logs as `grad_norm`: maxGrad and the per-module norms are pre-clip, as a spike detector needs.
+A snapshot is written per logged step — use `logging_steps=1` for per-step signals; with a larger
+interval the loss is the Trainer's interval mean and the grad norms those of the interval's last step.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tools.watch.emitters import StepLogger
@@ -27,7 +29,7 @@ class TrainspectCallback(TrainerCallback):
         self._options: dict[str, Any] = dict(path=path, url=url, run=run, session=session, token=token,
                                              config=config, append=append)
         self.logger: StepLogger | None = None
-        self._grads: tuple[dict[str, float], float | None] | None = None
+        self._norms: torch.Tensor | None = None  # per-parameter norms of the last optimizer step, on its device
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, **kwargs: Any) -> None:
@@ -37,13 +39,15 @@ class TrainspectCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                               **kwargs: Any) -> None:
         if self.logger is not None and self.logger.meter is not None:
-            self._grads = self.logger.meter.measure()
+            self._norms = self.logger.meter.on_device()
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if self.logger is None or not logs or "loss" not in logs:
             return  # eval and end-of-training logs carry no training loss
-        norms, max_grad = self._grads or (None, None)
+        meter = self.logger.meter
+        grads = meter.to_host(self._norms)[0] if meter is not None and self._norms is not None else None
+        norms, max_grad = (grads.modules, grads.max) if grads else (None, None)
         pre_clip = logs.get("grad_norm")
         if norms and max_grad is not None and isinstance(pre_clip, (int, float)) and math.isfinite(pre_clip):
             post_clip = math.sqrt(sum(v * v for v in norms.values()))
