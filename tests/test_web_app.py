@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from toolserver.registry import ToolError
 from web_mirror.app import RECONNECT_MS, create_app
 from web_mirror.events import Event
-from web_mirror.server import is_loopback, serve
+from web_mirror.server import is_loopback, loopback_hosts, serve
 from web_mirror.store import Store
 
 from web_fixtures import ev, mirror_server, sse_messages, tool_call
@@ -149,6 +149,7 @@ def test_with_a_token_every_api_call_needs_it(tmp_path: Path) -> None:
 
 def test_non_loopback_bind_requires_a_token() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert loopback_hosts("::1") == ["127.0.0.1", "[::1]", "localhost"] and "127.0.0.2" in loopback_hosts("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
     with pytest.raises(ToolError, match="without a token"):
         serve("0.0.0.0", 1, None)
@@ -251,3 +252,6 @@ def test_a_killed_server_restarts_with_everything_still_listed(tmp_path: Path) -
         # the log continues after the restart, and a replay of old events is still deduplicated
         assert server.post(calls[0]) == {"accepted": 0, "duplicates": 3, "last_seq": 9}
         assert server.post(ev("tool.start", "s0", "call9"))["last_seq"] == 10
+        # tokenless, it answers only to loopback names: a rebound attacker.example gets nothing
+        assert httpx.get(f"http://localhost:{server.port}/api/sessions").status_code == 200
+        assert httpx.get(server.url + "/api/sessions", headers={"Host": f"attacker.example:{server.port}"}).status_code == 400

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,7 +129,9 @@ class _Hub:
         old.set()
 
 
-def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY) -> FastAPI:
+def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY, hosts: list[str] | None = None) -> FastAPI:
+    """The app over the store in `home`. With `hosts`, requests naming any other Host get a 400: a page on
+    some other site cannot rebind its DNS name to 127.0.0.1 and read a tokenless mirror as same-origin."""
     store = Store.in_home(home)
     hub = _Hub()
 
@@ -211,6 +214,8 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(_Hardening)
+    if hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     app.state.store = store
     return app
 
