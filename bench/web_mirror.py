@@ -8,6 +8,11 @@
    MutationObserver notes when that card is in the DOM (one clock). Baseline: the POST's own round
    trip. Measured idle and while another session ingests in the background.
 
+3. The client's bounded spool while the mirror is down: appending a run of tool calls (start, progress,
+   a ~145 KB result each) well past the default 64 MiB bound, where the stalest calls are dropped.
+   Baseline: the same appends to an unbounded spool. Reported: the cost ratio and the longest single
+   append (the pause a tool call sees when it triggers a drop).
+
 Targets (issue): ingest >= 2,000 events/s, p95 latency < 250 ms.
 """
 from __future__ import annotations
@@ -25,8 +30,10 @@ from typing import Any
 import httpx
 
 from tests.web_fixtures import MirrorServer, browser_page, chromium_path
+from web_mirror.client import SPOOL_MAX_DEFAULT, Spool
 from web_mirror.events import Event
 from web_mirror.store import Store
+from web_mirror.wire import dumps
 
 N_EVENTS = 20_000
 BATCH = 500
@@ -182,11 +189,45 @@ def bench_latency(server: MirrorServer) -> dict[str, list[float]]:
     return results
 
 
+SPOOL_WRITTEN = 160 * 1024 * 1024
+
+
+def bench_spool() -> dict[str, float]:
+    result = {"rows": [{"layer": i, "matrix": "Q", "fro_delta": 0.123456789, "rel_delta": 0.001, "stable_rank": 3.2} for i in range(2000)]}
+    template = [("tool.start", {"tool": "run_weight_diff", "args": {"checkpoint": "run/step_500.pt"}})]
+    template += [("tool.progress", {"fraction": i / 20, "message": f"layer {i}/20"}) for i in range(20)]
+    template += [("tool.result", {"tool": "run_weight_diff", "slim": {}, "result": result})]
+    lines: list[bytes] = []
+    for c in range(10_000):
+        lines += [dumps(Event(type=t, session="s", call_id=f"call{c}", data=d).model_dump()).encode() for t, d in template]
+        if sum(map(len, lines)) > SPOOL_WRITTEN:
+            break
+    out: dict[str, float] = {}
+    for name, bound in (("unbounded", 2**62), ("bounded", SPOOL_MAX_DEFAULT)):
+        with tempfile.TemporaryDirectory() as tmp:
+            spool = Spool(Path(tmp), "http://127.0.0.1:8002", max_bytes=bound)
+            worst = 0.0
+            t0 = time.perf_counter()
+            with spool.locked():
+                for line in lines:
+                    t = time.perf_counter()
+                    spool.append([line])
+                    worst = max(worst, time.perf_counter() - t)
+            out[name], out[f"{name}_worst"], out[f"{name}_size"] = time.perf_counter() - t0, worst, spool.path.stat().st_size
+    out["written"] = sum(map(len, lines))
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
+    sp = bench_spool()
+    print(f"spool, {sp['written'] / 2**20:.0f} MiB appended with the mirror down: bounded at {SPOOL_MAX_DEFAULT / 2**20:.0f} MiB "
+          f"{sp['bounded']:.2f} s ({sp['bounded'] / sp['unbounded']:.2f}x the unbounded {sp['unbounded']:.2f} s), file "
+          f"{sp['bounded_size'] / 2**20:.0f} MiB (unbounded {sp['unbounded_size'] / 2**20:.0f} MiB), longest append "
+          f"{sp['bounded_worst'] * 1000:.0f} ms (unbounded {sp['unbounded_worst'] * 1000:.1f} ms)")
     with tempfile.TemporaryDirectory() as tmp:
         server = MirrorServer(Path(tmp) / "home").start()
         try:
