@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from watch_fixtures import BATCH, one_thread, sequences, tiny_lm
+from watch_fixtures import BATCH, sequences, tiny_lm
 
 from toolserver.registry import ToolError
 from tools.watch import StepLogger
 from tools.watch.analysis_checkpoint import (
     PERCENTILES, AnalysisConfig, Triggers, attention_stats, read_analysis_checkpoint, sampled_grid, scheduled, tensor_stats,
 )
+from tools.weight_diff.compute import single_thread  # a model this small only loses time to a second thread
 
 
 def sig4(x: float) -> float:
@@ -90,7 +91,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.transformer.h[1].mlp.c_fc.register_forward_hook(lambda module, args, output: output.detach())
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = sequences(60 * BATCH)
-    with one_thread(), StepLogger(model, path=out / "metrics.jsonl", analysis_dir=out) as log:
+    with single_thread(), StepLogger(model, path=out / "metrics.jsonl", analysis_dir=out) as log:
         for step in range(1, 61):
             x = data[(step - 1) * BATCH: step * BATCH]
             opt.zero_grad()

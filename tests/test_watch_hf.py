@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-
 from typing import Any
 
 import pytest
 import torch
 from transformers import TrainerCallback
-from watch_fixtures import one_thread, sequences, tiny_lm, watch
+from watch_fixtures import sequences, tiny_lm, watch
 
 from tools.watch import TrainspectCallback
+from tools.weight_diff.compute import single_thread  # a model this small only loses time to a second thread
 
 
 class Rows(torch.utils.data.Dataset):
@@ -50,7 +50,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[s
     args = TrainingArguments(output_dir=str(root / "out"), max_steps=40, logging_steps=1, per_device_train_batch_size=8,
                              learning_rate=3e-3, max_grad_norm=1.0, save_strategy="no", report_to=[], use_cpu=True,
                              disable_tqdm=True, dataloader_num_workers=0)
-    with one_thread():
+    with single_thread():
         Trainer(model=model, args=args, train_dataset=Rows(320),
                 callbacks=[pre_clip, TrainspectCallback(path=root / "metrics.jsonl", run="hf-run")]).train()
     return root / "metrics.jsonl", pre_clip.steps

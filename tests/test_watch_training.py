@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from watch_fixtures import one_thread, tiny_lm, train, watch
+from watch_fixtures import tiny_lm, train, watch
 
 from tools.watch import StepLogger
+from tools.weight_diff.compute import single_thread  # a model this small only loses time to a second thread
 
 BLOCKED = "transformer.h.1.mlp.c_fc"
 
@@ -20,10 +21,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list
     broken = tiny_lm()
     # block the gradient path into one MLP layer: its output is detached, so it never learns
     broken.transformer.h[1].mlp.c_fc.register_forward_hook(lambda module, args, output: output.detach())
-    with one_thread(), StepLogger(broken, path=root / "broken" / "metrics.jsonl") as log:
+    with single_thread(), StepLogger(broken, path=root / "broken" / "metrics.jsonl") as log:
         out["broken"] = (root / "broken" / "metrics.jsonl", train(broken, log, 300, ramp_from=150))
     healthy = tiny_lm()
-    with one_thread(), StepLogger(healthy, path=root / "healthy" / "metrics.jsonl") as log:
+    with single_thread(), StepLogger(healthy, path=root / "healthy" / "metrics.jsonl") as log:
         out["healthy"] = (root / "healthy" / "metrics.jsonl", train(healthy, log, 300))
     return out
 

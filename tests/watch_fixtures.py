@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from toolserver.registry import SilentReporter
 from tools.watch.tool import WatchInput, WatchResult, run
@@ -72,19 +71,6 @@ class RecordingReporter:
 
 # ----- a tiny transformer and a training loop ---------------------------------------------------
 VOCAB, SEQ, BATCH = 64, 16, 16
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """A model this small only loses time to thread contention on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def tiny_lm(seed: int = 0) -> Any:

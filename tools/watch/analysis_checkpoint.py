@@ -57,24 +57,24 @@ class Histogram(BaseModel):
     counts: list[int] = Field(description="equal-width bins over [lo, hi]")
 
 
-class TensorStats(BaseModel):
+class Moments(BaseModel):
+    """What every summarised tensor records; the subclasses add their own fields after these."""
+
     shape: list[int]
     mean: float
     std: float
     min: float
     max: float
+
+
+class TensorStats(Moments):
     norm: float = Field(description="L2 norm")
     percentiles: list[float] | None = Field(None, description=f"at {list(PERCENTILES)} (weights only)")
     histogram: Histogram
     grid: list[list[float]] | None = Field(None, description="evenly spaced rows × columns, at most 32×32")
 
 
-class ActivationStats(BaseModel):
-    shape: list[int]
-    mean: float
-    std: float
-    min: float
-    max: float
+class ActivationStats(Moments):
     sparsity: float = Field(description="fraction of elements with |x| <= 1e-6")
 
 
