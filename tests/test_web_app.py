@@ -102,6 +102,11 @@ def test_unknown_event_types_and_oversized_batches_are_rejected(client: TestClie
     assert client.post("/api/events", json=ev("training.watch.", "s", "c")).status_code == 422
     assert client.post("/api/events", json=[ev("tool.start", "s", "c")] * 1001).status_code == 422
     assert client.post("/api/events", json=[]).status_code == 422
+    deep: list = []
+    for _ in range(500):  # would exhaust the stack of anything walking it recursively
+        deep = [deep]
+    r = client.post("/api/events", json=ev("tool.start", "s", "c", args=deep))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "data" and "nested deeper than 64" in r.text
 
 
 def test_text_utf8_cannot_carry_is_stored_as_u_fffd_or_refused_by_field_never_a_500(client: TestClient) -> None:

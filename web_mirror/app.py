@@ -23,7 +23,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from web_mirror.cards import fold
 from web_mirror.events import Event
@@ -33,12 +33,24 @@ from web_mirror.wire import wire_value
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 8 * 1024 * 1024  # a full weight-diff envelope of a large model is well under this
 MAX_BATCH = 1000
+MAX_DEPTH = 64  # nesting of an event's data: results are tables, never deep
 MAX_ERRORS = 20  # validation errors listed in a 422 (a bad 1000-event batch could have thousands)
 STREAM_BATCH = 500
 RECONNECT_MS = 1000  # how soon a page's EventSource retries after a dropped stream (the browser's default is ~3 s)
 COALESCE_S = 0.005  # after a wake-up, let a burst of single-event POSTs gather into one stream message
 EVENT_TYPE = r"^(tool\.(start|progress|result|error)|training\.watch\..+|simulate\..+)$"
 _ID = {"min_length": 1, "max_length": 200}
+
+
+def _not_too_deep(data: dict[str, Any]) -> dict[str, Any]:
+    """Refuse absurd nesting up front (without recursing): storing and folding walk the payload recursively."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value) if isinstance(v, (dict, list)))
+    return data
 
 
 class IngestEvent(Event):
@@ -51,6 +63,8 @@ class IngestEvent(Event):
     session: str = Field(description="session the card belongs to", **_ID)
     call_id: str = Field(description="the card: a tool call id, or the run id of a training/simulation stream", **_ID)
     ts: float = Field(default_factory=time.time, allow_inf_nan=False, description="unix time the event happened")
+    data: Annotated[dict[str, Any], AfterValidator(_not_too_deep)] = Field(
+        default_factory=dict, description=f"the event's payload (see web_mirror.events.Event), nested {MAX_DEPTH} levels at most")
 
 
 EventBatch = Annotated[list[IngestEvent], Field(min_length=1, max_length=MAX_BATCH)]
