@@ -218,6 +218,14 @@ def test_nan_breaks_a_rising_run_but_not_the_plateau_window(tmp_path: Path) -> N
     assert fired(tmp_path, flat) == [("loss_nonfinite", "critical", 10), ("loss_plateau", "info", 21)]
 
 
+def test_a_nonfinite_step_is_not_a_plateau_step(tmp_path: Path) -> None:
+    # plateau at 20; when its cooldown ends at step 50 the loss is inf: the plateau waits for step 51
+    flat = steps(55, loss=2.0)
+    flat[49]["loss"] = float("inf")
+    assert fired(tmp_path, flat) == [("loss_nonfinite", "critical", 50), ("loss_plateau", "info", 20),
+                                     ("loss_plateau", "info", 51)]
+
+
 # ----- several signals on one step --------------------------------------------------------------
 def test_simultaneous_signals_all_emitted_in_priority_order() -> None:
     engine = SignalEngine()
@@ -246,7 +254,8 @@ def _random_stream(seed: int, n: int = 2500) -> list[StepSnapshot]:
     for i in range(n):
         r = rng.random()
         loss = loss + rng.uniform(0, 0.1) if r < 0.35 else loss - rng.uniform(0, 0.1) if r < 0.65 else loss
-        value = float("nan") if rng.random() < 0.02 else loss
+        bad = rng.random()
+        value = float("nan") if bad < 0.01 else float("inf") if bad < 0.02 else loss
         g = rng.choice([None, rng.uniform(0.1, 1), rng.uniform(0.1, 1), rng.uniform(5, 30), float("inf")])
         gn = {f"l{j}.{'attn' if j % 2 else 'mlp'}": (0.0 if rng.random() < 0.45 else 1.0) for j in range(4)}
         out.append(StepSnapshot(step=i * 2, loss=value, max_grad=g, grad_norms=gn if rng.random() < 0.9 else None,

@@ -141,7 +141,8 @@ class SignalEngine:
         self.last_step = step
         fired: list[Signal] = []
         loss = snap.loss
-        if loss != loss or loss in (math.inf, -math.inf):
+        finite = not (loss != loss or loss in (math.inf, -math.inf))
+        if not finite:
             self._prev_loss, self._rising = None, 0
             if self._ready("loss_nonfinite", step):
                 fired.append(self._fire("loss_nonfinite", "critical", step, "loss", None, None, [],
@@ -166,7 +167,7 @@ class SignalEngine:
             self._check_dead("attention_head_dead", self.attn_streaks, step, snap, fired)
         if self.layer_streaks:
             self._check_dead("dead_layers", self.layer_streaks, step, snap, fired)
-        if self._plateau.full and loss == loss:
+        if self._plateau.full and finite:
             self._check_plateau(step, snap.epoch, fired)
         return fired
 
