@@ -13,12 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from toolserver.registry import ToolError
-from web_mirror.app import RECONNECT_MS, create_app
+from web_mirror.app import RECONNECT_MS, Card, create_app
+from web_mirror.cards import MAX_POINTS, fold
 from web_mirror.events import Event
 from web_mirror.server import is_loopback, loopback_hosts, serve
 from web_mirror.store import Store
 
-from web_fixtures import ev, mirror_server, sse_messages, tool_call
+from web_fixtures import ev, long_run, mirror_server, sse_messages, tool_call
 
 
 @pytest.fixture
@@ -79,8 +80,46 @@ def test_training_watch_events_fold_into_one_watch_card_nan_loss_included(client
     assert card["kind"] == "watch" and card["status"] == "ok"
     w = card["watch"]
     assert w["run"] == run and [s["step"] for s in w["steps"]] == [0, 1, 2, 3, 4, 5]
-    assert w["steps"][5]["loss"] == "NaN" and w["steps"][0] == {"step": 0, "loss": 2.0, "maxGrad": 0.5, "learning_rate": None}
+    assert w["steps"][5]["loss"] == "NaN" and w["steps"][0] == {"step": 0, "loss": 2.0, "maxGrad": 0.5, "learning_rate": None, "n": 0, "signal": False}
     assert w["signals"] == [signal_] and w["summary"] == {"steps": 6}
+    assert [s["step"] for s in w["steps"] if s["signal"]] == [3] and (w["seen"], w["stride"], w["pinned"]) == (6, 1, 1)
+
+
+LONG_SIGNALS = [5, 777, 1234, 5001, 13_333, 19_998]
+
+
+def test_a_long_run_keeps_a_bounded_series_with_the_last_step_and_every_signal_step(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with TestClient(create_app(home)) as client:
+        batches = long_run("long", "run", 20_000, LONG_SIGNALS)
+        for batch in batches[:7]:
+            assert client.post("/api/events", json=batch).status_code == 200
+        early = client.get("/api/sessions/long/cards").json()  # folded once here, then only the new events
+        for batch in batches[7:]:
+            assert client.post("/api/events", json=batch).status_code == 200
+        snapshot = client.get("/api/sessions/long/cards").json()
+    [card] = snapshot["cards"]
+    w = card["watch"]
+    steps = [p["step"] for p in w["steps"]]
+    assert len(steps) <= MAX_POINTS and steps == sorted(steps) and steps[-1] == 19_999
+    assert w["seen"] == 19_999 and len(steps) > MAX_POINTS // 4
+    assert [p["step"] for p in w["steps"] if p["signal"]] == [s for s in LONG_SIGNALS if s != 777]  # 777's step was dropped
+    assert all(p["n"] % w["stride"] == 0 for p in w["steps"][:-1] if not p["signal"])
+    assert early["last_seq"] < snapshot["last_seq"] == card["last_seq"]
+    # a cold fold of the same log (a restarted server) gives the same cards as the incremental one
+    with TestClient(create_app(home)) as client:
+        assert client.get("/api/sessions/long/cards").json() == snapshot
+    stored = Store.in_home(home)
+    assert [Card(**c).model_dump(mode="json") for c in fold(stored.events("long"))] == snapshot["cards"]
+    stored.close()
+
+
+def test_a_series_pinned_mostly_by_signals_still_thins_its_unpinned_points(client: TestClient) -> None:
+    for batch in long_run("busy", "run", 6_000, list(range(0, 6_000, 8))):  # 750 signal steps, more than half the bound
+        assert client.post("/api/events", json=batch).status_code == 200
+    w = client.get("/api/sessions/busy/cards").json()["cards"][0]["watch"]
+    assert w["pinned"] == 750 and sum(p["signal"] for p in w["steps"]) == 750
+    assert len(w["steps"]) - w["pinned"] <= MAX_POINTS // 2
 
 
 def test_malformed_family_data_degrades_the_card_not_the_server(client: TestClient) -> None:

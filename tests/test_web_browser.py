@@ -16,7 +16,9 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from web_fixtures import ROOT, MirrorServer, chromium, chromium_path, ev, fresh_page, mirror_server, tool_call
+from web_mirror.cards import MAX_POINTS
+
+from web_fixtures import ROOT, MirrorServer, chromium, chromium_path, ev, fresh_page, long_run, mirror_server, tool_call
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian chromium is not installed (make setup installs it)")
 
@@ -164,6 +166,38 @@ def test_the_watch_card_draws_sparklines_with_signal_markers_and_a_ranked_feed(s
     assert len(loss.query_selector_all("line.nonfinite")) == 1  # the NaN step is marked, not drawn
     assert "blocks.1.mlp" in feed[1]
     node.screenshot(path=str(ARTIFACTS / "web-watch-card.png"))
+
+
+def test_a_long_run_draws_the_same_bounded_series_live_as_after_a_reload(server: MirrorServer, page: Any) -> None:
+    signal_steps = [5, 1234, 2499, 4321, 5998]  # 2499's signal arrives after the page has loaded the snapshot with its step
+    batches = long_run("long", "run", 6_000, signal_steps)
+    split = next(i for i, b in enumerate(batches) if any(e["type"] == "training.watch.signal" and e["data"]["signal"]["step"] == 2499 for e in b))
+    head = batches[split][:next(i for i, e in enumerate(batches[split]) if e["type"] == "training.watch.signal" and e["data"]["signal"]["step"] == 2499)]
+    for batch in [*batches[:split], head]:
+        server.post(batch)
+    open_session(page, server, "long")
+    card(page, "run")
+    for batch in [batches[split][len(head):], *batches[split + 1:]]:
+        server.post(batch)  # folded live by the page, on top of the server's fold of the first part
+    w = server.get("/api/sessions/long/cards")["cards"][0]["watch"]
+    assert len(w["steps"]) <= MAX_POINTS and w["steps"][-1]["step"] == 5999
+    assert [p["step"] for p in w["steps"] if p["signal"]] == signal_steps
+    note = f"steps 0–5999 · {len(w['steps'])} points"
+    expect(page.locator('article[data-call-id="run"] .steps-note')).to_have_text(note)
+
+    def drawn() -> dict[str, Any]:
+        node = card(page, "run")
+        grad = node.query_selector_all("svg.spark")[1]
+        return {"d": grad.query_selector("path.line").get_attribute("d"), "note": node.query_selector(".steps-note").inner_text(),
+                "markers": [m.get_attribute("x1") for m in grad.query_selector_all("line.marker")]}
+
+    live = drawn()
+    assert len(live["markers"]) == len(signal_steps)
+    xs = {seg.split(",")[0] for seg in live["d"][1:].split("L")}
+    assert all(f"{float(x):.1f}" in xs for x in live["markers"])  # every marker sits on a point of the line
+    page.reload()
+    expect(page.locator('article[data-call-id="run"] .steps-note')).to_have_text(note)
+    assert page.evaluate("window.__sameDocument") is None and drawn() == live  # the page's fold equals the server's
 
 
 def test_a_new_tool_kind_gets_the_generic_table_and_reload_shows_the_same_cards(server: MirrorServer, page: Any) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from web_mirror.app import MAX_BATCH
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -115,6 +117,18 @@ def stream_events(server: MirrorServer, session: str) -> list[dict[str, Any]]:
 
 def ev(type: str, session: str, call_id: str, **data: Any) -> dict[str, Any]:
     return {"event_id": uuid.uuid4().hex, "type": type, "session": session, "call_id": call_id, "ts": time.time(), "data": data}
+
+
+def long_run(session: str, run: str, n_steps: int, signal_steps: list[int], dropped: int = 777) -> list[list[dict[str, Any]]]:
+    """A StepLogger's events for a long run, in POST-sized batches: each signal right after its step (as the
+    emitter sends it), and step `dropped` missing (a full mirror queue drops steps, never signals)."""
+    events = []
+    for i in range(n_steps):
+        if i != dropped:
+            events.append(ev("training.watch.step", session, run, run=run, snapshot={"step": i, "loss": 1 / (1 + i), "maxGrad": 1.0}))
+        if i in signal_steps:
+            events.append(ev("training.watch.signal", session, run, run=run, signal={"type": "gradient_spike", "severity": "warn", "step": i, "message": "spike"}))
+    return [events[k:k + MAX_BATCH] for k in range(0, len(events), MAX_BATCH)]
 
 
 def tool_call(session: str, call_id: str, tool: str = "run_demo", card: str = "demo", slim: Any = None, **args: Any) -> list[dict[str, Any]]:

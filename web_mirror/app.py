@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from web_mirror.cards import fold
+from web_mirror.cards import fold_into, newest_first
 from web_mirror.events import Event
 from web_mirror.store import SessionInfo, Store
 from web_mirror.wire import wire_value
@@ -83,9 +84,14 @@ class Progress(BaseModel):
 
 class WatchState(BaseModel):
     run: str | None
-    steps: list[dict[str, Any]] = Field(description="step, loss, maxGrad, learning_rate per step event")
+    steps: list[dict[str, Any]] = Field(description=(
+        "step, loss, maxGrad, learning_rate of the kept step events (web_mirror.cards.MAX_POINTS at most, plus any "
+        "pinned beyond half of that), each with n (its ordinal among the run's step events) and signal (a signal fired at it)"))
     signals: list[dict[str, Any]]
     summary: Any
+    seen: int = Field(description="step events folded so far")
+    stride: int = Field(description="unpinned points older than the latest are those whose n is a multiple of this")
+    pinned: int = Field(description="kept points marked by a signal")
 
 
 class Card(BaseModel):
@@ -132,6 +138,27 @@ QueryToken = Annotated[str | None, Depends(_query_token)]
 _TOO_LARGE: dict[str, Any] = {"model": Problem, "description": "body too large", "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
+class _FoldedCards:
+    """Each session's cards as folded so far, with the seq folded up to: a request folds only the events
+    stored since the last one. Memory only: a restarted server folds the log afresh to the same cards."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()  # one fold at a time: requests run in a thread pool
+        self._sessions: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}
+
+    def cards(self, session_id: str) -> tuple[int, list[Card]]:
+        """(the seq of the session's last event, its cards newest first); (0, []) for an unknown session."""
+        with self._lock:
+            last_seq, cards = self._sessions.get(session_id, (0, {}))
+            events = self.store.events(session_id, after=last_seq)
+            if events:
+                fold_into(cards, events)
+                last_seq = events[-1].seq
+                self._sessions[session_id] = (last_seq, cards)
+            return last_seq, [Card(**c) for c in newest_first(cards)]
+
+
 class _Hub:
     """Wakes every stream when events are stored (an Event swapped per change: no lost wake-ups)."""
 
@@ -147,6 +174,7 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
     """The app over the store in `home`. With `hosts`, requests naming any other Host get a 400: a page on
     some other site cannot rebind its DNS name to 127.0.0.1 and read a tokenless mirror as same-origin."""
     store = Store.in_home(home)
+    folded = _FoldedCards(store)
     hub = _Hub()
 
     def authorised(creds: Bearer, qtoken: QueryToken) -> None:
@@ -185,10 +213,10 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
     @app.get("/api/sessions/{session_id:path}/cards", dependencies=api, responses={**errors, 404: {"model": Problem}})
     async def session_cards(session_id: str) -> Cards:
         """The session's cards, folded from its events, newest first."""
-        events = await run_in_threadpool(store.events, session_id)
-        if not events:
+        last_seq, cards = await run_in_threadpool(folded.cards, session_id)
+        if not cards:
             raise HTTPException(404, f"no session {session_id!r}")
-        return Cards(session=session_id, last_seq=events[-1].seq, cards=[Card(**c) for c in fold(events)])
+        return Cards(session=session_id, last_seq=last_seq, cards=cards)
 
     @app.get("/api/calls/{call_id:path}", dependencies=api, responses={**errors, 404: {"model": Problem}})
     async def call_result(call_id: str) -> dict[str, Any]:

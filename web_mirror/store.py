@@ -153,11 +153,12 @@ class Store:
             ).fetchall()
         return [SessionInfo(*row) for row in rows]
 
-    def events(self, session_id: str) -> list[StoredEvent]:
-        """The session's whole event log, in order (what its cards are folded from)."""
+    def events(self, session_id: str, after: int = 0) -> list[StoredEvent]:
+        """The session's event log after seq `after` (by default the whole log), in order: what its cards are folded from."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, event_id, type, session, call_id, ts, data FROM events WHERE session = ? ORDER BY seq", (session_id,)
+                "SELECT seq, event_id, type, session, call_id, ts, data FROM events WHERE session = ? AND seq > ? ORDER BY seq",
+                (session_id, after),
             ).fetchall()
         return [StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 

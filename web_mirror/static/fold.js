@@ -4,6 +4,7 @@
 const STEP_FIELDS = ["step", "loss", "maxGrad", "learning_rate"];
 const NON_FINITE = ["NaN", "Infinity", "-Infinity"];
 const EXTRA_KEPT = 100;
+const MAX_POINTS = 1000;
 
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const text = (v) => (typeof v === "string" ? v : null);
@@ -21,8 +22,37 @@ export function newCard(ev) {
 }
 
 function watchOf(card) {
-  if (!card.watch) card.watch = { run: null, steps: [], signals: [], summary: null };
+  if (!card.watch) card.watch = { run: null, steps: [], signals: [], summary: null, seen: 0, stride: 1, pinned: 0 };
   return card.watch;
+}
+
+// The bounded step series, point for point as cards.py's _add_step and _pin keep it.
+function addStep(w, snap) {
+  const steps = w.steps;
+  const prev = steps[steps.length - 1];
+  if (prev && prev.n % w.stride !== 0 && !prev.signal) steps.pop();
+  steps.push({ ...Object.fromEntries(STEP_FIELDS.map((k) => [k, number(snap[k])])), n: w.seen, signal: false });
+  w.seen += 1;
+  if (steps.length >= MAX_POINTS && steps.length - w.pinned >= Math.floor(MAX_POINTS / 2)) {
+    w.stride *= 2;
+    const last = steps.length - 1;
+    w.steps = steps.filter((p, i) => p.n % w.stride === 0 || p.signal || i === last);
+  }
+}
+
+function pin(w, signal) {
+  const step = number(signal.step);
+  if (step === null) return;
+  for (let i = w.steps.length - 1; i >= 0; i--) {
+    const point = w.steps[i];
+    if (point.step === step) {
+      if (!point.signal) {
+        point.signal = true;
+        w.pinned += 1;
+      }
+      return;
+    }
+  }
 }
 
 function keep(card, ev) {
@@ -57,9 +87,10 @@ export function applyEvent(card, ev) {
     const w = watchOf(card);
     w.run = text(d.run) || w.run;
     if (ev.type === "training.watch.step" && isObject(d.snapshot)) {
-      w.steps.push(Object.fromEntries(STEP_FIELDS.map((k) => [k, number(d.snapshot[k])])));
+      addStep(w, d.snapshot);
     } else if (ev.type === "training.watch.signal" && isObject(d.signal)) {
       w.signals.push(d.signal);
+      pin(w, d.signal);
     } else if (ev.type === "training.watch.summary") {
       w.summary = d.summary === undefined ? null : d.summary;
       if (card.tool === null) {
