@@ -13,12 +13,19 @@
    Baseline: the same appends to an unbounded spool. Reported: the cost ratio and the longest single
    append (the pause a tool call sees when it triggers a drop).
 
+4. `GET /api/sessions/{id}/cards` for a session holding one 100,000-step watch run: the first request after
+   a (re)start (folds the whole log), then repeated requests (the per-session fold cache), then a request
+   after another 100 steps arrive (folds only those). Baseline: re-folding the whole log in-process, which
+   is what every request cost before the cache. Also reported: the card's point count and the reply size.
+
 Targets (issue): ingest >= 2,000 events/s, p95 latency < 250 ms.
+`.venv/bin/python -m bench.web_mirror cards` runs part 4 alone.
 """
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +37,7 @@ from typing import Any
 import httpx
 
 from tests.web_fixtures import MirrorServer, browser_page, chromium_path
+from web_mirror.cards import fold
 from web_mirror.client import SPOOL_MAX_DEFAULT, Spool
 from web_mirror.events import Event
 from web_mirror.store import Store
@@ -218,11 +226,63 @@ def bench_spool() -> dict[str, float]:
     return out
 
 
+CARDS_STEPS = 100_000
+
+
+def _run_steps(first: int, n: int) -> list[dict[str, Any]]:
+    return [{"event_id": uuid.uuid4().hex, "type": "training.watch.step", "session": "long", "call_id": "run-1", "ts": time.time(),
+             "data": {"run": "run-1", "snapshot": {"step": i, "loss": 2.0 / (1 + i / 1000), "maxGrad": 1.0, "learning_rate": 1e-4,
+                                                   "gradNorms": {f"blocks.{k}.mlp": 0.1 for k in range(4)}}}} for i in range(first, first + n)]
+
+
+def bench_cards(home: Path) -> dict[str, float]:
+    """Latencies (s) of /cards over a 100k-step session: first after a start, cached, after 100 new steps."""
+    server = MirrorServer(home).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for i in range(0, CARDS_STEPS, 1000):
+                http.post("/api/events", json=_run_steps(i, 1000)).raise_for_status()
+            server.kill()
+            server.start()  # a fresh process: nothing folded yet
+
+            def get() -> tuple[float, httpx.Response]:
+                t0 = time.perf_counter()
+                r = http.get("/api/sessions/long/cards")
+                r.raise_for_status()
+                return time.perf_counter() - t0, r
+
+            first, reply = get()
+            cached = [get()[0] for _ in range(20)]
+            http.post("/api/events", json=_run_steps(CARDS_STEPS, 100)).raise_for_status()
+            after_new, _ = get()
+    finally:
+        server.kill()
+    store = Store.in_home(home)
+    t0 = time.perf_counter()
+    fold(store.events("long"))
+    refold = time.perf_counter() - t0
+    store.close()
+    return {"first": first, "cached": statistics.median(cached), "after_new": after_new, "refold": refold,
+            "points": len(reply.json()["cards"][0]["watch"]["steps"]), "bytes": len(reply.content)}
+
+
+def _print_cards() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        c = bench_cards(Path(tmp) / "home")
+    print(f"/cards, one {CARDS_STEPS}-step watch run ({c['points']} points, {c['bytes'] / 1024:.0f} KiB): first after a start "
+          f"{c['first'] * 1000:.0f} ms, cached p50 {c['cached'] * 1000:.1f} ms, after 100 new steps {c['after_new'] * 1000:.1f} ms; "
+          f"baseline re-fold of the whole log in-process {c['refold'] * 1000:.0f} ms (cached = {c['cached'] / c['refold']:.3f}x the re-fold)")
+
+
 def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
+    if sys.argv[1:] == ["cards"]:
+        _print_cards()
+        return
+    _print_cards()
     sp = bench_spool()
     print(f"spool, {sp['written'] / 2**20:.0f} MiB appended with the mirror down: bounded at {SPOOL_MAX_DEFAULT / 2**20:.0f} MiB "
           f"{sp['bounded']:.2f} s ({sp['bounded'] / sp['unbounded']:.2f}x the unbounded {sp['unbounded']:.2f} s), file "
