@@ -104,10 +104,12 @@ def test_jsonl_lines_are_whole_for_a_concurrent_reader(tmp_path: Path) -> None:
     reader, seen, bad, done = JsonlReader(path), [], [], threading.Event()
 
     def tail(final: bool) -> None:
-        while not done.is_set() or reader.pending():
+        while True:
             batch = reader.read(final=final)
             seen.extend(s.step for _, s in batch.snapshots)
             bad.extend(batch.bad)
+            if done.is_set() and not reader.pending():
+                return
 
     thread = threading.Thread(target=tail, args=(False,))
     thread.start()
