@@ -18,8 +18,9 @@ import pytest
 from mcp import Client
 from watch_fixtures import ATTN, MLP, RecordingReporter, steps, watch, write_jsonl
 
+from toolserver.registry import SilentReporter
 from toolserver.runner import invoke
-from tools.watch.tool import SPEC, WatchResult
+from tools.watch.tool import SPEC, WatchInput, WatchResult, run
 
 BIN = Path(sys.executable).parent / "trainspect"
 
@@ -185,6 +186,16 @@ def test_runner_events_and_card_payload(tmp_path: Path) -> None:
     assert [s["type"] for s in slim["signals"]] == ["gradient_spike", "attention_head_dead"]
     json.dumps(slim, allow_nan=False)
     assert env.findings[0].text.startswith("gradient_spike ×1")
+
+
+def test_findings_quote_each_types_most_telling_signal(tmp_path: Path) -> None:
+    rows = spiky(140) + steps(30, start=141, loss=lambda i: 2.0 + 0.01 * i)  # a slow rise fires a warning at 150
+    for step, g in ((31, 6.0), (70, 15.0), (110, 8.0)):
+        rows[step - 1]["maxGrad"] = g
+    outcome = run(None, WatchInput(metrics=str(write_jsonl(tmp_path / "m.jsonl", rows))), SilentReporter())
+    diverging, spike = outcome.findings[:2]  # both warnings: in the engine's priority order
+    assert spike.text.startswith("gradient_spike ×3 (steps 31–110): max grad norm 15 ") and spike.text.endswith("[step 70]")
+    assert diverging.text.startswith("loss_diverging ×1 (step 150)")
 
 
 def test_nonfinite_values_keep_the_card_strict_json(tmp_path: Path) -> None:

@@ -210,11 +210,24 @@ def _steps(g: SignalGroup) -> str:
     return f"step {g.first_step}" if g.count == 1 else f"steps {g.first_step}–{g.last_step}"
 
 
+BIGGER_IS_WORSE = frozenset({"gradient_spike", "loss_diverging"})  # their value: maxGrad, the loss rise
+
+
+def _worse(a: Signal, b: Signal) -> bool:
+    """Whether `a` tells more than `b` of the same type: more severe, then a larger spike or rise, then earlier."""
+    if a.severity != b.severity:
+        return SEVERITY_RANK[a.severity] < SEVERITY_RANK[b.severity]
+    if a.type in BIGGER_IS_WORSE and a.value is not None and b.value is not None and a.value != b.value:
+        return a.value > b.value
+    return a.step < b.step
+
+
 def findings(result: WatchResult, fired: list[Signal]) -> list[Finding]:
-    """One line per signal type (worst first), then what limited the analysis. `fired` is sorted by severity."""
+    """One line per signal type (worst first) quoting its most telling signal, then what limited the analysis."""
     worst: dict[str, Signal] = {}
     for s in fired:
-        worst.setdefault(s.type, s)
+        if s.type not in worst or _worse(s, worst[s.type]):
+            worst[s.type] = s
     out = [Finding(severity=g.severity, text=f"{g.type} ×{g.count} ({_steps(g)}): {worst[g.type].message} "
                                              f"[step {worst[g.type].step}]") for g in result.groups]
     s = result.summary
