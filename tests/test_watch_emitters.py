@@ -63,6 +63,17 @@ def test_grad_norms_per_module_match_a_direct_computation() -> None:
     assert per_param == pytest.approx([direct(p) for p in GradNormMeter(net).params], rel=1e-5)
 
 
+@pytest.mark.parametrize("where", ["scale", "mlp"])  # the first parameter measured, and a later one
+def test_an_overflowed_gradient_makes_max_grad_nonfinite_wherever_it_is(where: str) -> None:
+    torch.manual_seed(0)
+    net = Net()
+    net(torch.randint(0, 10, (4, 5))).square().mean().backward()
+    grad = net.scale.grad if where == "scale" else net.block["mlp"].weight.grad
+    grad.view(-1)[0] = float("nan")
+    norms, max_grad, _ = GradNormMeter(net).measure()
+    assert math.isnan(max_grad) and math.isfinite(norms["block.attn"])
+
+
 def test_before_any_backward_norms_are_zero_and_max_unknown() -> None:
     norms, max_grad, per_param = GradNormMeter(Net()).measure()
     assert max_grad is None and per_param is None and set(norms.values()) == {0.0}

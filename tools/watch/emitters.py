@@ -96,7 +96,10 @@ class GradNormMeter:
                 full[i] = v
             norms = full
         modules = dict(zip(self.names, [math.hypot(*norms[a:b]) for a, b in self._spans]))
-        return GradNorms(modules, max(norms), norms), riders
+        peak, total = max(norms), sum(norms)
+        if not math.isfinite(total):  # an overflowed step: max() would keep or drop a NaN by its position
+            peak = total
+        return GradNorms(modules, peak, norms), riders
 
     def measure(self) -> GradNorms:
         return self.to_host(self.on_device())[0]
