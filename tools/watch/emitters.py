@@ -43,9 +43,8 @@ class GradNorms(NamedTuple):
 class Pending(NamedTuple):
     """Norms queued on the gradients' device, not yet copied to the host."""
 
-    packed: torch.Tensor  # the present gradients' norms, then the riders
+    packed: torch.Tensor  # the present gradients' norms, then the riders (scalar tensors such as the loss)
     present: list[int]  # which parameters had a gradient
-    riders: int  # scalar tensors appended after the norms (the loss)
 
 
 class GradNormMeter:
@@ -81,7 +80,7 @@ class GradNormMeter:
             packed = torch.stack([*found, *extra])
         except RuntimeError:  # tensors on several devices (model parallel): gather them on the CPU
             packed = torch.stack([t.float().cpu() for t in (*found, *extra)])
-        return Pending(packed, present, len(riders))
+        return Pending(packed, present)
 
     def to_host(self, pending: Pending | None) -> tuple[GradNorms, list[float]]:
         """The step's one host copy: (grad norms, the riders as floats)."""
@@ -108,8 +107,8 @@ class GradNormMeter:
 class JsonlSink:
     """One os.write() of a whole line per step on an O_APPEND descriptor: lines from two writers never
     interleave, and the line is in the OS as soon as step() returns (a crash right after loses nothing).
-    A concurrent reader may still see the tail of a line still being copied in; JsonlReader holds an
-    unterminated last line back until its newline arrives."""
+    A concurrent reader may still catch a line half copied in; JsonlReader holds an unterminated last
+    line back until its newline arrives."""
 
     def __init__(self, path: Path, append: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
