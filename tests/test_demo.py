@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+from web_fixtures import free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     demo_dir = tmp_path / "demo"
     env = {**os.environ, "TRAINSPECT_DEMO_DIR": str(demo_dir), "TRAINSPECT_DEMO_PORT": str(port), "TRAINSPECT_HOME": str(tmp_path / "home")}
     proc = subprocess.run([sys.executable, "-m", "toolserver.demo"], env=env, capture_output=True, text=True, timeout=600)

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from web_fixtures import free_port
 
 BIN = Path(sys.executable).parent / "trainspect"
 EXPECTED = {"start_session", "load_sae", "session_status", "run_weight_diff", "watch", "start_tool", "get_result"}
@@ -75,14 +76,9 @@ def test_stdio(tiny_gpt2: dict[str, Path], isolated_home: Path) -> None:
     anyio.run(main)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_streamable_http(tiny_gpt2: dict[str, Path], isolated_home: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(BIN), "mcp", "--http", "--port", str(port), "--no-mirror"], env=_env(isolated_home),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

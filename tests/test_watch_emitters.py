@@ -23,6 +23,7 @@ from tools.watch import StepLogger
 from tools.watch.emitters import GradNormMeter, MirrorSink
 from tools.watch.readers import JsonlReader
 from tools.watch.snapshot import StepSnapshot
+from web_fixtures import free_port
 
 BIN = Path(sys.executable).parent / "trainspect"
 
@@ -213,14 +214,9 @@ def test_mirror_down_spools_and_raises_nothing(tmp_path: Path, isolated_home: Pa
     assert spooled.count('"training.watch.step"') == 5 and '"training.watch.summary"' in spooled
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_steps_and_signals_reach_a_running_mirror(tmp_path: Path, isolated_home: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TRAINSPECT_HOME": str(isolated_home)}
     server = subprocess.Popen([str(BIN), "web", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
