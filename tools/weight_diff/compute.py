@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,7 @@ from tools.weight_diff.spectral import Spectrum, dense_spectrum, lowrank_spectru
 CHUNK_ELEMENTS = 1 << 24  # ΔW is formed at most 16M float32 values (64 MB) at a time
 PREFETCH_BYTES = 256 << 20  # how far ahead of the computation the disk reads (page cache, not process memory)
 _SAMPLE = 20
+_PAGE = 4096
 
 
 class Workspace:
@@ -144,8 +146,14 @@ def _measure_dense(key: str, old: torch.Tensor, new: torch.Tensor, work: Workspa
         op = DeltaOperator(old, new, part.cols, work)
         matrix = part.matrix if placement.section == "layer" else None
         out.append(Measured(key, placement.section, placement.layer, matrix, op.full_shape, op.fro, op.base_fro,
-                            dense_spectrum(op, op.fro)))
+                            _spectrum(op)))
     return out
+
+
+def _spectrum(op: DeltaOperator) -> Spectrum:
+    """σ_max on two torch threads: its products are the diff's heaviest compute."""
+    with torch_threads(2):
+        return dense_spectrum(op, op.fro)
 
 
 def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor, work: Workspace) -> list[Measured]:
@@ -161,40 +169,61 @@ def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor, work: Workspace) 
     return out
 
 
-def _prefetch(base: CheckpointReader, ckpt: CheckpointReader, work: list[tuple[str, LoraPair | None]],
-              current: int, ahead: int) -> int:
-    """Keep up to PREFETCH_BYTES of upcoming tensors being read by the kernel while this one is computed.
+def _touch(t: torch.Tensor) -> None:
+    """Fault in every page behind a file-mapped tensor: one strided byte read per page, 16 MB per op so it
+    stays on the calling thread (below torch's intra-op grain size) and never copies the tensor."""
+    if not t.is_contiguous() or t.numel() == 0:
+        return
+    raw = t.reshape(-1).view(torch.uint8)
+    for s in range(0, raw.numel(), 1 << 24):
+        raw[s:s + (1 << 24):_PAGE].sum()
 
-    Returns the index of the last item asked for, so nothing is asked twice.
+
+class Reader:
+    """Reads upcoming tensors from disk in a background thread while the current one is computed.
+
+    A page-touching thread, rather than madvise alone, because the kernel's readahead for WILLNEED stops
+    short of whole tensors; torch ops release the GIL, so the reads overlap the computation. The pages
+    land in the page cache (file-backed), so the PREFETCH_BYTES window costs no process memory.
     """
-    window = 0
-    for j in range(current + 1, len(work)):
-        key, pair = work[j]
-        window += math.prod(base.shape(key)) * (1 if pair is not None else 2) * 4
-        if window > PREFETCH_BYTES:
-            break
-        if j > ahead:
-            base.prefetch(key)
-            if pair is None:
-                ckpt.prefetch(key)
-            ahead = j
-    return ahead
+
+    def __init__(self, base: CheckpointReader, ckpt: CheckpointReader, work: list[tuple[str, LoraPair | None]]) -> None:
+        self.base, self.ckpt, self.work = base, ckpt, work
+        self.ahead = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-diff-read")
+
+    def advance(self, current: int) -> None:
+        """Queue reads of the items after `current` that fit in the window and are not queued yet."""
+        window = 0
+        for j in range(current + 1, len(self.work)):
+            key, pair = self.work[j]
+            window += math.prod(self.base.shape(key)) * (1 if pair is not None else 2) * 4
+            if window > PREFETCH_BYTES:
+                break
+            if j > self.ahead:
+                tensors = [self.base.get(key)] + ([self.ckpt.get(key)] if pair is None and key in self.ckpt else [])
+                self.pool.submit(lambda ts=tensors: [_touch(t) for t in ts])
+                self.ahead = j
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread for the diff.
-
-    Its products are memory-bound, so a second thread adds little; but with two threads any preemption
-    of one (the kernel reading the next tensor from disk, another process) stalls every product at the
-    barrier. Measured on the 2-core benchmark machine: cold diff 4.3 s on one thread vs 8–22 s on two.
-    """
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch on n threads inside the block, restoring the process-wide setting afterwards."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def single_thread() -> AbstractContextManager[None]:
+    """One torch thread: with two, any preemption of one (the kernel reading the next tensor from disk,
+    another process) stalls every product at the barrier."""
+    return torch_threads(1)
 
 
 def collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment, reporter: Reporter) -> Collected:
@@ -208,22 +237,25 @@ def _collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment,
     work = [(k, None) for k in aligned.common] + list(pairs.items())
     out = Collected()
     workspace = Workspace()
-    ahead = 0
-    for i, (key, pair) in enumerate(work):
-        reporter.progress(0.05 + 0.9 * i / max(1, len(work)), f"comparing {key} ({i + 1}/{len(work)})")
-        ahead = _prefetch(base, ckpt, work, i, ahead)
-        old = base.get(key)
-        if pair is not None:
-            measured = _measure_lora(key, pair, old, workspace)
-        else:
-            new = ckpt.get(key)
-            if not (old.is_floating_point() and new.is_floating_point()):
-                out.skipped_non_float.append(key)
-                continue
-            measured = _measure_dense(key, old, new, workspace)
-        out.compared += 1
-        out.unchanged += all(m.fro == 0 for m in measured)
-        out.measured.extend(measured)
+    reader = Reader(base, ckpt, work)
+    try:
+        for i, (key, pair) in enumerate(work):
+            reporter.progress(0.05 + 0.9 * i / max(1, len(work)), f"comparing {key} ({i + 1}/{len(work)})")
+            reader.advance(i)
+            old = base.get(key)
+            if pair is not None:
+                measured = _measure_lora(key, pair, old, workspace)
+            else:
+                new = ckpt.get(key)
+                if not (old.is_floating_point() and new.is_floating_point()):
+                    out.skipped_non_float.append(key)
+                    continue
+                measured = _measure_dense(key, old, new, workspace)
+            out.compared += 1
+            out.unchanged += all(m.fro == 0 for m in measured)
+            out.measured.extend(measured)
+    finally:
+        reader.close()
     return out
 
 
