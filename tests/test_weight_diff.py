@@ -229,3 +229,13 @@ def test_progress_card_and_table(tiny: dict[str, dict[str, Path]]) -> None:
     text = SPEC.table(out.result)
     assert len([line for line in text.splitlines() if line.strip().startswith(("0 ", "1 "))]) == len(out.result.rows)
     assert math.isfinite(out.result.totals.rel_delta) and out.result.totals.rel_delta > 0
+
+
+def test_frobenius_sums_stay_accurate_on_large_matrices() -> None:
+    """‖ΔW‖_F² of a 11.5M-element matrix within 1e-6 of float64: one float32 reduction on one thread is ~1e-3 off."""
+    from tools.weight_diff.compute import sum_squares, torch_threads
+
+    delta = torch.randn(5632, 2048, generator=torch.Generator().manual_seed(0)) * 1e-3
+    exact = float(delta.double().square().sum())
+    with torch_threads(1):
+        assert abs(sum_squares(delta) - exact) / exact < 1e-6
