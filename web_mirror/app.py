@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from web_mirror.cards import fold_into, newest_first
-from web_mirror.events import Event
+from web_mirror.events import EVENT_TYPE, Event
 from web_mirror.store import SessionInfo, Store
 from web_mirror.wire import wire_value
 
@@ -39,7 +39,6 @@ MAX_ERRORS = 20  # validation errors listed in a 422 (a bad 1000-event batch cou
 STREAM_BATCH = 500
 RECONNECT_MS = 1000  # how soon a page's EventSource retries after a dropped stream (the browser's default is ~3 s)
 COALESCE_S = 0.005  # after a wake-up, let a burst of single-event POSTs gather into one stream message
-EVENT_TYPE = r"^(tool\.(start|progress|result|error)|training\.watch\..+|simulate\..+)$"
 _ID = {"min_length": 1, "max_length": 200}
 
 

@@ -12,12 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-TOOL_EVENTS = ("tool.start", "tool.progress", "tool.result", "tool.error")
-FAMILIES = ("training.watch.", "simulate.")
-
-
-def is_known_type(kind: str) -> bool:
-    return kind in TOOL_EVENTS or any(kind.startswith(f) and len(kind) > len(f) for f in FAMILIES)
+# the event types the mirror accepts: the runner's tool.* events and the training/simulation families
+EVENT_TYPE = r"^(tool\.(start|progress|result|error)|training\.watch\..+|simulate\..+)$"
 
 
 class Event(BaseModel):
