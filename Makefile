@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python -m toolserver.demo
+	$(BIN)/python -m tools.demo
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -37,7 +37,8 @@ from typing import Any
 import httpx
 
 from tests.web_fixtures import MirrorServer, browser_page, chromium_path
-from web_mirror.cards import fold
+from toolserver.registry import mirror_contract
+from web_mirror.cards import Folder
 from web_mirror.client import SPOOL_MAX_DEFAULT, Spool
 from web_mirror.events import Event
 from web_mirror.store import Store
@@ -259,11 +260,11 @@ def bench_cards(home: Path) -> dict[str, float]:
         server.kill()
     store = Store.in_home(home)
     t0 = time.perf_counter()
-    fold(store.events("long"))
+    Folder(mirror_contract().families).fold(store.events("long"))
     refold = time.perf_counter() - t0
     store.close()
     return {"first": first, "cached": statistics.median(cached), "after_new": after_new, "refold": refold,
-            "points": len(reply.json()["cards"][0]["watch"]["steps"]), "bytes": len(reply.content)}
+            "points": len(reply.json()["cards"][0]["live"]["points"]), "bytes": len(reply.content)}
 
 
 def _print_cards() -> None:

@@ -137,8 +137,9 @@ def raw_read(*files: Path) -> int:
 
 
 def bench_stream(work: Path, dtype_name: str) -> None:
+    from session.context import ToolContext
     from session.state import Session
-    from toolserver.registry import SilentReporter
+    from toolserver.contract import SilentReporter
     from tools.weight_diff import SPEC
 
     print(f"writing a Llama-shaped base/fine-tune pair ({dtype_name}, {LAYERS[dtype_name]} layers) to {work} …", flush=True)
@@ -157,7 +158,7 @@ def bench_stream(work: Path, dtype_name: str) -> None:
     read_every_tensor(base_file, ft_file)
     read_s = time.perf_counter() - t
 
-    session = Session(id="bench", model=str(work / "base"), model_source=str(work / "base"), kind="llm")
+    session = ToolContext(Session(id="bench", model=str(work / "base"), model_source=str(work / "base"), kind="llm"))
     args = SPEC.input_model(checkpoint=str(ft_file))
     drop_cache(base_file, ft_file)
     baseline = rss_anon_mb()

@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from session.checkpoint_keys import normalise_key
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError, first_line
 
 _LORA_PART = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(?P<adapter>[^.]+))?$")
 _PEFT_PREFIX = "base_model.model."
@@ -68,7 +68,7 @@ def read_adapter_config(path: Path) -> AdapterConfig:
     try:
         cfg = AdapterConfig.model_validate(json.loads(path.read_text()))
     except (OSError, ValueError, ValidationError) as e:
-        raise ToolError(f"{path} is not a readable adapter config: {str(e).splitlines()[0]}") from None
+        raise ToolError(f"{path} is not a readable adapter config: {first_line(e)}") from None
     if cfg.peft_type.upper() != "LORA":
         raise ToolError(f"{path}: peft_type {cfg.peft_type} is not supported", "only LoRA adapters have ΔW = scale·B@A")
     if cfg.use_dora:

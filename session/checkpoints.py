@@ -29,7 +29,7 @@ from session.checkpoint_lora import (
     split_adapter_keys,
     target_key,
 )
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError, first_line
 
 Kind = Literal["full", "lora"]
 _NESTED_STATE_DICTS = ("state_dict", "model_state_dict", "model", "module")
@@ -60,7 +60,7 @@ class _SafetensorsFile:
             self._keys = list(self._f.keys())
             self.metadata: dict[str, str] = self._f.metadata() or {}
         except (SafetensorError, OSError) as e:
-            raise ToolError(f"{path} is not a readable safetensors file: {_first_line(e)}",
+            raise ToolError(f"{path} is not a readable safetensors file: {first_line(e)}",
                             "the file may be truncated or still being written") from None
 
     def keys(self) -> list[str]:
@@ -73,7 +73,7 @@ class _SafetensorsFile:
         try:
             return self._f.get_tensor(raw_key)
         except SafetensorError as e:
-            raise ToolError(f"{self.path}[{raw_key}] is unreadable: {_first_line(e)}") from None
+            raise ToolError(f"{self.path}[{raw_key}] is unreadable: {first_line(e)}") from None
 
 
 class _TorchFile:
@@ -107,7 +107,7 @@ def _torch_load(path: Path) -> Any:
         if "Weights only load failed" in str(e):
             raise ToolError(f"refusing to load {path}: it pickles objects other than tensors ({_blocked_global(e)})",
                             "weights_only=True; re-save the checkpoint as a plain state dict or safetensors") from None
-        raise ToolError(f"{path} is not a readable torch checkpoint: {_first_line(e) or type(e).__name__}",
+        raise ToolError(f"{path} is not a readable torch checkpoint: {first_line(e)}",
                         "the file may be truncated or not a torch.save file") from None
 
 
@@ -153,11 +153,6 @@ def will_need(tensor: torch.Tensor) -> None:
     aligned = start - start % _PAGE
     _LIBC.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(start + tensor.numel() * tensor.element_size() - aligned),
                   _MADV_WILLNEED)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 @dataclass
@@ -247,7 +242,7 @@ class _LazyShards:
         try:
             self.weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ToolError(f"{index_file} is not a readable shard index: {_first_line(e)}") from None
+            raise ToolError(f"{index_file} is not a readable shard index: {first_line(e)}") from None
         self.directory = directory
         self._open: dict[str, _SafetensorsFile | _TorchFile] = {}
 
@@ -285,7 +280,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ToolError(f"{path} is not valid JSON: {_first_line(e)}") from None
+        raise ToolError(f"{path} is not valid JSON: {first_line(e)}") from None
     return data if isinstance(data, dict) else None
 
 

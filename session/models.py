@@ -1,83 +1,187 @@
-"""Loading a session's model into memory, once per process (kept in `session.cache`).
+"""Loading the models every analysis runs: the session's base, and any checkpoint the loader accepts beside it.
 
 LLMs load through TransformerLens' TransformerBridge (HF weights, TransformerLens hook names such as
-`blocks.{L}.hook_resid_post`); encoders load through `transformers` AutoModel.
+`blocks.{L}.hook_resid_post`); encoders through `transformers` AutoModel. A checkpoint's weights are put into
+the base architecture: full tensors copied by normalised name, LoRA adapters either merged (W + scale·B@A, as
+the loader's `align` orients them; equal to peft's merge_and_unload) or applied unmerged through peft. An
+unmerged adapter runs through `transformers` itself, not the bridge: the bridge's fused-QKV attention (GPT-2)
+reads c_attn's weight directly and would skip the LoRA update (measured: logits off by 0.34).
+
+Models are cached by the front door's ModelCache (session.model_cache), keyed so that a rewritten checkpoint,
+another adapter mode or another weight processing loads afresh. Everything runs in float32 on one device,
+chosen once: CUDA when present, else the CPU.
 """
+
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, Field
 
 from session.catalog import Kind
+from session.model_cache import ModelCache
 from session.resolve import model_dims, read_config
 from session.state import Session
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError, first_line
 
 log = logging.getLogger("trainspect")
-MODEL_KEY = "model"
-CHECKPOINT_KEY = "checkpoint"
+DTYPE = torch.float32
+Adapter = Literal["merged", "peft"]
+Backend = Literal["bridge", "transformers"]
 # checkpoint tensors a model of the base's class may lack: task heads of another wrapper, legacy buffers
-_SKIPPABLE = re.compile(r"^(cls|lm_head|score|classifier|qa_outputs|pooler)\.|(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
+_SKIPPABLE = re.compile(
+    r"^(cls|lm_head|score|classifier|qa_outputs|pooler)\.|(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$"
+)
 
 
+@functools.cache
 def device() -> str:
+    """Chosen once per process."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Processing:
+    """TransformerLens weight processing (HookedTransformer's load-time defaults), applied to a bridge when an
+    SAE was trained on processed weights. All False: the checkpoint's own (raw HF) weights."""
+
+    fold_ln: bool = False
+    center_writing_weights: bool = False
+    center_unembed: bool = False
+    fold_value_biases: bool = False
+
+    @property
+    def raw(self) -> bool:
+        return not any(vars(self).values())
+
+    def describe(self) -> str:
+        return "raw HF weights" if self.raw else "TransformerLens processing: " + ", ".join(k for k, v in vars(self).items() if v)
+
+
+RAW = Processing()
+
+
+class RunInfo(BaseModel):
+    """How the models of a result were run (every result that ran a model carries it)."""
+
+    device: str
+    dtype: str
+    backend: Backend = Field(description="bridge: TransformerLens TransformerBridge; transformers: the HF module itself")
+    adapter: Literal["none", "merged", "peft"] = Field(description="how a LoRA checkpoint was applied")
+    processing: str = Field(description="weight processing the activations were read under")
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to run: a TransformerBridge (kind llm) or an HF encoder (kind embedding)."""
+    """A model ready to run. `model` is a TransformerBridge (backend "bridge") or the HF module itself."""
 
     kind: Kind
-    source: str
+    source: str  # the base model directory
     model: Any
     tokenizer: Any
     d_model: int
     n_layers: int
+    n_ctx: int
     device: str
+    backend: Backend
     checkpoint: str | None = None  # set when the weights come from a fine-tune checkpoint
     step: int | None = None
+    adapter: Literal["none", "merged", "peft"] = "none"
+    processing: Processing = RAW
+
+    @property
+    def hf(self) -> torch.nn.Module:
+        """The underlying transformers module (for a bridge, the one it wraps)."""
+        return self.model.original_model if self.backend == "bridge" else self.model
+
+    def info(self) -> RunInfo:
+        return RunInfo(device=self.device, dtype=str(DTYPE).removeprefix("torch."), backend=self.backend,
+                       adapter=self.adapter, processing=self.processing.describe())
 
 
-def load_model(session: Session) -> LoadedModel:
-    """The session's base model, loaded on first use and reused for the rest of the process."""
-    if is_loaded(session):
-        return session.cache[MODEL_KEY]
-    loaded = load_from_dir(Path(session.model_source), session.kind)
-    session.cache[MODEL_KEY] = loaded
-    return loaded
+@dataclass
+class ModelPair:
+    """The session's base and a checkpoint, loaded the same way, run on the same probes."""
+
+    base: LoadedModel
+    tuned: LoadedModel
 
 
-def is_loaded(session: Session) -> bool:
-    cached = session.cache.get(MODEL_KEY)
-    return isinstance(cached, LoadedModel) and cached.source == session.model_source
+def load_base(session: Session, models: ModelCache, processing: Processing = RAW) -> LoadedModel:
+    """The session's base model, loaded on first use and reused while the cache holds it."""
+    key = _base_key(session, processing)
+    return models.model(key, lambda: _from_dir(Path(session.model_source), session.kind, processing))
 
 
-def load_from_dir(model_dir: Path, kind: Kind, hf_model: Any | None = None) -> LoadedModel:
+def load_checkpoint(session: Session, checkpoint: str | Path, models: ModelCache, *, adapter: Adapter = "merged",
+                    processing: Processing = RAW) -> LoadedModel:
+    """The session's architecture with a checkpoint's weights (see the module doc). The base stays cached."""
+    path = Path(checkpoint).expanduser().resolve()
+    key = ("checkpoint", str(path), _newest_mtime(path), session.model_source, session.kind, adapter, processing)
+    return models.model(key, lambda: _from_checkpoint(session, path, adapter, processing),
+                        keep=(_base_key(session, processing),))
+
+
+def load_pair(session: Session, checkpoint: str | Path, models: ModelCache, *, adapter: Adapter = "merged",
+              processing: Processing = RAW) -> ModelPair:
+    base = load_base(session, models, processing)
+    return ModelPair(base=base, tuned=load_checkpoint(session, checkpoint, models, adapter=adapter, processing=processing))
+
+
+def is_loaded(session: Session, models: ModelCache) -> bool:
+    """Whether the cache holds the session's base model now."""
+    return any(m.checkpoint is None and m.source == session.model_source for m in models.models())
+
+
+def _base_key(session: Session, processing: Processing) -> tuple[Any, ...]:
+    source = Path(session.model_source)
+    return ("base", session.model_source, session.kind, _newest_mtime(source), processing)
+
+
+def _from_dir(model_dir: Path, kind: Kind, processing: Processing, hf_model: Any | None = None,
+              backend: Backend | None = None) -> LoadedModel:
     """Load a save_pretrained directory; `hf_model` swaps in already-built weights of the same config."""
     config = read_config(model_dir)
     d_model, n_layers = model_dims(config)
     dev = device()
+    backend = backend or ("bridge" if kind == "llm" else "transformers")
+    if backend == "transformers" and not processing.raw:
+        raise ToolError(f"cannot apply {processing.describe()} to a model run through transformers",
+                        "weight processing needs the TransformerLens bridge: merge the adapter, or use an SAE trained on raw weights")
     try:
-        if kind == "llm":
-            model, tokenizer = _boot_bridge(model_dir, config, dev, hf_model)
+        if backend == "bridge":
+            model, tokenizer = _boot_bridge(model_dir, config, dev, hf_model, processing)
         else:
-            model, tokenizer = _load_encoder(model_dir, dev, hf_model)
+            model, tokenizer = _load_hf(model_dir, kind, dev, hf_model)
     except ToolError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:
         log.debug("model load failed", exc_info=True)
-        raise ToolError(f"cannot load the {kind} model in {model_dir}: {first_line(e)}", "check the directory holds weights, config.json and tokenizer files") from None
-    return LoadedModel(kind, str(model_dir), model, tokenizer, d_model, n_layers, dev)
+        raise ToolError(f"cannot load the {kind} model in {model_dir}: {first_line(e)}",
+                        "check the directory holds weights, config.json and tokenizer files") from None
+    if tokenizer.pad_token_id is None:  # GPT-2 ships none: batches pad with EOS, masked out everywhere
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(kind, str(model_dir), model, tokenizer, d_model, n_layers, _context_length(config, tokenizer),
+                       dev, backend, processing=processing)
 
 
-def _boot_bridge(model_dir: Path, config: dict[str, Any], dev: str, hf_model: Any | None) -> tuple[Any, Any]:
+def _context_length(config: dict[str, Any], tokenizer: Any) -> int:
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and limit < 1 << 20 else 2048
+
+
+def _boot_bridge(model_dir: Path, config: dict[str, Any], dev: str, hf_model: Any | None,
+                 processing: Processing) -> tuple[Any, Any]:
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.model_bridge.sources.transformers import determine_architecture_from_hf_config
 
@@ -89,40 +193,23 @@ def _boot_bridge(model_dir: Path, config: dict[str, Any], dev: str, hf_model: An
             f"(architectures {config.get('architectures')}) in {model_dir}",
             "LLM sessions need an architecture it supports, e.g. GPT-2, Llama, Mistral, Qwen, Gemma, GPT-NeoX (Pythia), OPT, Phi",
         ) from None
-    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev, hf_model=hf_model.to(dev) if hf_model is not None else None)
+    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev, dtype=DTYPE,
+                                                 hf_model=hf_model.to(dev) if hf_model is not None else None)
+    if not processing.raw:
+        try:
+            bridge.enable_compatibility_mode(disable_warnings=True, **vars(processing))
+        except RuntimeError as e:
+            raise ToolError(f"TransformerLens cannot apply {processing.describe()} to {model_dir}: {first_line(e)}",
+                            "use an SAE trained on this model's raw weights") from None
     bridge.eval()
     return bridge, bridge.tokenizer
 
 
-def _load_encoder(model_dir: Path, dev: str, hf_model: Any | None) -> tuple[Any, Any]:
-    from transformers import AutoModel, AutoTokenizer
+def _load_hf(model_dir: Path, kind: Kind, dev: str, hf_model: Any | None) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
 
-    model = hf_model if hf_model is not None else AutoModel.from_pretrained(str(model_dir))
+    model = hf_model if hf_model is not None else _base_hf_model(model_dir, kind)
     return model.to(dev).eval(), AutoTokenizer.from_pretrained(str(model_dir))
-
-
-def load_checkpoint_model(session: Session, checkpoint: str | Path) -> LoadedModel:
-    """The session's architecture with a checkpoint's weights, to run beside the base model.
-
-    Any checkpoint session.checkpoints reads: full tensors are copied into the base model by normalised
-    name; LoRA pairs are merged as W + scale·B@A. The last checkpoint loaded stays cached for the process.
-    """
-    from session.checkpoints import open_checkpoint
-
-    path = Path(checkpoint).expanduser().resolve()
-    key = (str(path), _newest_mtime(path))
-    cached = session.cache.get(CHECKPOINT_KEY)
-    if isinstance(cached, tuple) and cached[0] == key and cached[1].source == session.model_source:
-        return cached[1]
-    base_dir = Path(session.model_source)
-    with open_checkpoint(path) as reader:
-        hf_model = _base_hf_model(base_dir, session.kind)
-        _apply_checkpoint(hf_model, reader, base_dir)
-        step = reader.step
-    loaded = load_from_dir(base_dir, session.kind, hf_model=hf_model)
-    loaded.checkpoint, loaded.step = str(path), step
-    session.cache[CHECKPOINT_KEY] = (key, loaded)
-    return loaded
 
 
 def _newest_mtime(path: Path) -> int:
@@ -139,17 +226,34 @@ def _base_hf_model(base_dir: Path, kind: Kind) -> Any:
     auto = AutoModelForCausalLM if kind == "llm" else AutoModel
     kwargs = {"attn_implementation": "eager"} if kind == "llm" else {}
     try:
-        return auto.from_pretrained(str(base_dir), dtype=torch.float32, **kwargs)
+        return auto.from_pretrained(str(base_dir), dtype=DTYPE, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ToolError(f"cannot load the base model in {base_dir}: {first_line(e)}", "start the session on a save_pretrained directory") from None
+        raise ToolError(f"cannot load the base model in {base_dir}: {first_line(e)}",
+                        "start the session on a save_pretrained directory") from None
 
 
-def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path) -> None:
-    """Overwrite the model's weights in place: checkpoint tensors by normalised name, then LoRA updates.
+def _from_checkpoint(session: Session, path: Path, adapter: Adapter, processing: Processing) -> LoadedModel:
+    from session.checkpoints import open_checkpoint
 
-    Names, shapes, tied embeddings and LoRA orientation are settled by the loader's `align`, exactly as
-    weight-diff sees them; here only the mapping onto the loaded module's parameters is left.
-    """
+    base_dir = Path(session.model_source)
+    with open_checkpoint(path) as reader:
+        hf_model = _base_hf_model(base_dir, session.kind)
+        unmerged = adapter == "peft" and reader.kind == "lora"
+        _apply_checkpoint(hf_model, reader, base_dir, merge_lora=not unmerged)
+        step, kind = reader.step, reader.kind
+    if unmerged:
+        hf_model = _apply_peft(hf_model, path)
+    backend: Backend = "transformers" if unmerged or session.kind == "embedding" else "bridge"
+    loaded = _from_dir(base_dir, session.kind, processing, hf_model=hf_model, backend=backend)
+    loaded.checkpoint, loaded.step = str(path), step
+    loaded.adapter = "none" if kind == "full" else "peft" if unmerged else "merged"
+    return loaded
+
+
+def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path, *, merge_lora: bool) -> None:
+    """Overwrite the model's weights in place: checkpoint tensors by normalised name, then (merge_lora) the LoRA
+    updates. Names, shapes, ties and LoRA orientation are settled by the loader's `align`, exactly as weight-diff
+    sees them; here only the mapping onto the loaded module's parameters is left."""
     from session.checkpoint_keys import normalise_key
     from session.checkpoints import align, open_checkpoint
 
@@ -157,24 +261,43 @@ def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path) -> No
         alignment = align(base, reader)
     foreign = [k for k in alignment.only_in_checkpoint if not _SKIPPABLE.search(k)]
     if foreign:
-        raise ToolError(f"{reader.path} has {len(foreign)} tensors the base {base_dir} lacks, e.g. {', '.join(foreign[:3])}", "is the checkpoint from another architecture?")
+        raise ToolError(f"{reader.path} has {len(foreign)} tensors the base {base_dir} lacks, e.g. {', '.join(foreign[:3])}",
+                        "is the checkpoint from another architecture?")
     targets = {normalise_key(name): tensor for name, tensor in model.state_dict().items()}
     pairs = reader.lora_pairs()
     unplaced = [k for k in [*alignment.common, *pairs] if k not in targets and not _SKIPPABLE.search(k)]
     if unplaced:
-        raise ToolError(f"the loaded model from {base_dir} has no parameter for {len(unplaced)} of {reader.path}'s tensors, e.g. {', '.join(unplaced[:3])}",
-                        "is the base directory's architecture the one the checkpoint was trained on?")
+        raise ToolError(
+            f"the loaded model from {base_dir} has no parameter for {len(unplaced)} of {reader.path}'s tensors, "
+            f"e.g. {', '.join(unplaced[:3])}", "is the base directory's architecture the one the checkpoint was trained on?")
     with torch.no_grad():
         for k in alignment.common:
             if k in targets:
                 targets[k].copy_(reader.get(k))
+        if not merge_lora:
+            return
         for k, pair in pairs.items():
             if k in targets:
                 target = targets[k]
                 target.add_((pair.left().to(target.dtype) @ pair.right().to(target.dtype)) * pair.scale)
 
 
-def first_line(e: Exception) -> str:
-    """An exception's first line (library messages can run to pages), or its type when empty."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def _apply_peft(model: torch.nn.Module, adapter_dir: Path) -> Any:
+    """The adapter applied unmerged by peft itself; every LoRA pair the loader found must land on a module."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ToolError(f"peft cannot apply the adapter {adapter_dir}: {first_line(e)}",
+                        "merge it instead (adapter mode 'merged')") from None
+    from session.checkpoints import open_checkpoint
+
+    with open_checkpoint(adapter_dir) as reader:
+        expected = len(reader.lora_pairs())
+    applied = sum(isinstance(m, LoraLayer) and "default" in {*m.lora_A, *m.lora_embedding_A} for m in wrapped.modules())
+    if applied != expected:
+        raise ToolError(f"peft placed {applied} of the {expected} LoRA pairs of {adapter_dir} on the base model",
+                        "its module names do not match this base; merge it instead (adapter mode 'merged')")
+    return wrapped.eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from session.catalog import CATALOG, CatalogEntry, Kind, for_dir, lookup
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # What a model needs to load: configs, tokenizer files, weights (safetensors first, .bin only if needed)

@@ -3,6 +3,10 @@
 The hook point comes from the SAE's own metadata (`cfg.metadata.hook_name`); the layer is parsed from
 it (`blocks.{L}.…`), falling back to the model's default layer when the hook names none. An SAE without
 a hook name is assumed to read that layer's resid_post, and says so (`hook_assumed`).
+
+An SAE trained on TransformerLens-processed weights (its metadata's `model_from_pretrained_kwargs`, read
+with HookedTransformer.from_pretrained's defaults) is run on a model processed the same way, as far as the
+processing changes what its hook reads (`processing_for`); what cannot be matched is refused in one line.
 """
 from __future__ import annotations
 
@@ -13,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from session.models import device, first_line
+from session.model_cache import ModelCache
+from session.models import RAW, Processing, device
 from session.state import Session
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError, first_line
 
 log = logging.getLogger("trainspect")
-SAE_KEY = "sae"
 _LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|layer)[._](\d+)(?:\.|/|$)")
 _RESIDUAL_WRITE = re.compile(r"hook_(resid_pre|resid_mid|resid_post|mlp_out|attn_out)$")
 
@@ -82,24 +86,61 @@ def load_sae(spec: str, *, d_model: int | None = None, n_layers: int | None = No
     return sae, info
 
 
-def session_sae(session: Session) -> Any:
-    """The session's SAE object, loaded once per process; ToolError when none was loaded."""
+def cached_sae(spec: str, models: ModelCache, **checks: Any) -> tuple[Any, SaeInfo]:
+    """An SAE and its info, loaded once while the front door's cache holds it."""
+    return models.sae(("sae", spec, _stamp(spec)), lambda: load_sae(spec, **checks))
+
+
+def session_sae(session: Session, models: ModelCache) -> tuple[Any, SaeInfo]:
+    """The session's SAE; ToolError when none was loaded."""
     if not session.sae:
         raise ToolError(f"session {session.id!r} has no SAE", "run: trainspect load sae SPEC")
-    if sae_is_loaded(session):
-        return session.cache[SAE_KEY][1]
-    sae, _ = load_sae(session.sae)
-    session.cache[SAE_KEY] = (session.sae, sae)
-    return sae
+    return cached_sae(session.sae, models)
 
 
-def sae_is_loaded(session: Session) -> bool:
-    cached = session.cache.get(SAE_KEY)
-    return isinstance(cached, tuple) and cached[0] == session.sae
+def sae_is_loaded(session: Session, models: ModelCache) -> bool:
+    return any(info.spec == session.sae for _, info in models.saes())
 
 
-def remember(session: Session, spec: str, sae: Any) -> None:
-    session.cache[SAE_KEY] = (spec, sae)
+def _stamp(spec: str) -> int:
+    path = Path(spec)
+    return max((p.stat().st_mtime_ns for p in path.iterdir()), default=0) if path.is_dir() else 0
+
+
+# HookedTransformer.from_pretrained's processing flags and defaults; the hooks whose values each one changes
+_PROCESSING_DEFAULTS = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
+_CHANGED_BY = {
+    "center_writing_weights": _RESIDUAL_WRITE,  # every write to the residual stream loses its mean (LayerNorm models)
+    "fold_ln": re.compile(r"\.ln[^.]*\.hook_normalized$|ln_final\.hook_normalized$"),
+    "fold_value_biases": re.compile(r"\.hook_(v|z)$"),
+    "center_unembed": re.compile(r"hook_unembed$"),
+}
+# kwargs that say where or how fast the model ran, not what it computed
+_HARMLESS = {"device", "n_devices", "move_to_device", "dtype", "torch_dtype", "trust_remote_code", "first_n_layers"}
+
+
+def processing_for(info: SaeInfo) -> tuple[Processing, str]:
+    """The weight processing to run the SAE's model with, and a sentence saying why.
+
+    No recorded kwargs: raw weights (an SAE saved without them gives no other evidence). Recorded kwargs: the
+    HookedTransformer defaults they override, kept only where they change what the SAE's hook reads (processing
+    that leaves the hook's values alone is skipped, and said so). Unknown kwargs are refused.
+    """
+    kwargs = info.model_kwargs
+    if not kwargs:
+        return RAW, "the SAE records no model_from_pretrained_kwargs: run on raw HF weights"
+    unknown = sorted(k for k in kwargs if k not in _PROCESSING_DEFAULTS and k not in _HARMLESS)
+    if unknown:
+        raise ToolError(f"SAE {info.spec} was trained on a model loaded with {', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}, "
+                        "which the model runtime cannot reproduce", "use an SAE trained on this model's raw or standard-processed weights")
+    flags = {k: bool(kwargs.get(k, default)) for k, default in _PROCESSING_DEFAULTS.items()}
+    applied = {k: v and _CHANGED_BY[k].search(info.hook) is not None for k, v in flags.items()}
+    processing = Processing(**applied)
+    skipped = [k for k, v in flags.items() if v and not applied[k]]
+    why = f"the SAE was trained with {', '.join(f'{k}={v}' for k, v in flags.items())}: {processing.describe()}"
+    if skipped:
+        why += f" ({', '.join(skipped)} skipped: they do not change {info.hook})"
+    return processing, why
 
 
 def _load_local(spec: str, path: Path) -> Any:

@@ -3,17 +3,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
-
 from session.catalog import CatalogEntry, for_dir, lookup
+from session.model_cache import ModelCache
 from session.models import is_loaded
 from session.resolve import model_dims, read_config, resolve_model
-from session.sae import SaeInfo, load_sae as load_sae_object, remember, sae_is_loaded
-from session.state import MAX_HISTORY, CallRecord, Session, check_id, list_sessions, load_session, session_path, set_aside, set_current
-from toolserver.registry import ToolError
-
-RECENT_CALLS = 5
-
+from session.sae import SaeInfo, cached_sae, sae_is_loaded
+from session.state import (
+    RECENT_CALLS,
+    Session,
+    SessionStatus,
+    check_id,
+    list_sessions,
+    load_session,
+    session_path,
+    set_aside,
+    set_current,
+)
+from toolserver.contract import ToolError
 
 def start_session(session_id: str, model_spec: str) -> tuple[Session, Path | None]:
     """Resolve the model (config files only), persist the session and make it current.
@@ -53,38 +59,18 @@ def default_layer(session: Session) -> int:
     return entry.default_layer if entry else dims(session)[1] // 2
 
 
-def load_sae(session: Session, spec: str) -> tuple[Session, SaeInfo]:
-    """Load the SAE (checked against the model's d_model and depth), remember it, persist its spec."""
+def load_sae(session: Session, spec: str, models: ModelCache) -> tuple[Session, SaeInfo]:
+    """Load the SAE (checked against the model's d_model and depth) into the cache, persist its spec."""
     d_model, n_layers = dims(session)
     path = Path(spec.strip()).expanduser()
     stored = str(path.resolve()) if path.exists() else spec.strip()  # absolute, so any cwd finds it
-    sae, info = load_sae_object(stored, d_model=d_model, n_layers=n_layers, default_layer=default_layer(session))
+    _, info = cached_sae(stored, models, d_model=d_model, n_layers=n_layers, default_layer=default_layer(session))
     session.sae, session.sae_hook, session.sae_layer = stored, info.hook, info.layer
     session.save()
-    remember(session, stored, sae)
     return session, info
 
 
-class SessionStatus(BaseModel):
-    id: str
-    model: str = Field(description="the model spec as given")
-    model_source: str = Field(description="local directory the weights load from")
-    kind: str = Field(description="llm (causal LM) or embedding (encoder)")
-    d_model: int
-    n_layers: int
-    default_layer: int = Field(description="layer analyses use when none is given (catalog, else the middle block)")
-    sae: str | None = Field(description="SAE spec (local directory or release/sae_id), if one is loaded")
-    sae_hook: str | None
-    sae_layer: int | None
-    created_at: str
-    calls: int = Field(description=f"tool calls recorded in this session (the last {MAX_HISTORY} are kept)")
-    recent_calls: list[CallRecord] = Field(description=f"the last {RECENT_CALLS} calls, oldest first")
-    model_in_memory: bool = Field(description="the model is loaded in this process (MCP server) and reused")
-    sae_in_memory: bool
-    other_sessions: list[str] = Field(description="other session ids in this state directory")
-
-
-def status(session: Session) -> SessionStatus:
+def status(session: Session, models: ModelCache) -> SessionStatus:
     try:
         d_model, n_layers = dims(session)
     except ToolError as e:
@@ -103,7 +89,7 @@ def status(session: Session) -> SessionStatus:
         created_at=session.created_at,
         calls=len(session.history),
         recent_calls=session.history[-RECENT_CALLS:],
-        model_in_memory=is_loaded(session),
-        sae_in_memory=sae_is_loaded(session),
+        model_in_memory=is_loaded(session, models),
+        sae_in_memory=sae_is_loaded(session, models),
         other_sessions=[s for s in list_sessions() if s != session.id],
     )

@@ -3,34 +3,23 @@
 Persisted as one JSON file per session under $TRAINSPECT_HOME/sessions, plus a `current` pointer,
 so `trainspect session start` and a later `trainspect weight-diff` in another process share it.
 Several processes (CLI calls, MCP server threads) may save one session at once: `Session.save`
-merges under a file lock instead of overwriting (see there). Loaded models live only in memory
-(`Session.cache`), for the MCP server's lifetime.
+merges under a file lock instead of overwriting (see there). Loaded models are not session state:
+they live in the front door's model cache (session.model_cache).
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import re
-import tempfile
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError, atomic_write, home, locked, now_iso
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_HISTORY = 1000  # call records kept per session, oldest dropped first: the file is re-read on every call
-
-
-def home() -> Path:
-    return Path(os.environ.get("TRAINSPECT_HOME") or Path.home() / ".trainspect").expanduser().absolute()
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class CallRecord(BaseModel):
@@ -53,13 +42,7 @@ class Session(BaseModel):
     history: list[CallRecord] = Field(default_factory=list, description=f"tool calls, oldest first; the last {MAX_HISTORY} are kept")
     regressions: dict[str, list[float]] = Field(default_factory=dict)
 
-    _cache: dict[str, Any] = PrivateAttr(default_factory=dict)
     _as_read: dict[str, Any] | None = PrivateAttr(default=None)  # the file's content when last read or written
-
-    @property
-    def cache(self) -> dict[str, Any]:
-        """Loaded models/SAEs for this process only; never persisted."""
-        return self._cache
 
     def save(self) -> None:
         """Write the session, merged with whatever another process saved since this copy was read.
@@ -72,11 +55,11 @@ class Session(BaseModel):
         path = session_path(self.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         mine = self.model_dump(mode="json")
-        with _locked(path):
+        with locked(path):
             merged = _merge(_read(path).model_dump(mode="json"), mine, self._as_read) if path.exists() else mine
             merged["history"] = merged["history"][-MAX_HISTORY:]
             saved = Session.model_validate(merged)
-            _write_atomic(path, saved.model_dump_json(indent=2))
+            atomic_write(path, saved.model_dump_json(indent=2))
         for name in Session.model_fields:
             setattr(self, name, getattr(saved, name))
         self._as_read = merged
@@ -88,22 +71,6 @@ def _merge(disk: dict[str, Any], mine: dict[str, Any], as_read: dict[str, Any] |
     known = {r["call_id"] for r in base.get("history", [])} | {r["call_id"] for r in disk["history"]}
     merged["history"] = disk["history"] + [r for r in mine["history"] if r["call_id"] not in known]
     return merged
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive flock on a sibling lock file (flock locks per open file, so threads exclude each other too)."""
-    with open(path.parent / f".{path.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write-then-rename, so a reader or a crash never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def session_path(session_id: str) -> Path:
@@ -147,12 +114,12 @@ def set_aside(session_id: str) -> Path | None:
     path = session_path(session_id)
     if not path.exists():
         return None
-    with _locked(path):
+    with locked(path):
         try:
             _read(path)
             return None
         except ToolError:
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             kept = path.with_name(f"{path.name}.{stamp}.corrupt")
             os.replace(path, kept)
             return kept
@@ -161,7 +128,7 @@ def set_aside(session_id: str) -> Path | None:
 def set_current(session_id: str) -> None:
     path = home() / "current"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, session_id)
+    atomic_write(path, session_id)
 
 
 def current_session(session_id: str | None = None) -> Session:
@@ -178,3 +145,25 @@ def current_session(session_id: str | None = None) -> Session:
 def list_sessions() -> list[str]:
     d = home() / "sessions"
     return sorted(p.stem for p in d.glob("*.json")) if d.exists() else []
+
+
+RECENT_CALLS = 5
+
+
+class SessionStatus(BaseModel):
+    id: str
+    model: str = Field(description="the model spec as given")
+    model_source: str = Field(description="local directory the weights load from")
+    kind: str = Field(description="llm (causal LM) or embedding (encoder)")
+    d_model: int
+    n_layers: int
+    default_layer: int = Field(description="layer analyses use when none is given (catalog, else the middle block)")
+    sae: str | None = Field(description="SAE spec (local directory or release/sae_id), if one is loaded")
+    sae_hook: str | None
+    sae_layer: int | None
+    created_at: str
+    calls: int = Field(description=f"tool calls recorded in this session (the last {MAX_HISTORY} are kept)")
+    recent_calls: list[CallRecord] = Field(description=f"the last {RECENT_CALLS} calls, oldest first")
+    model_in_memory: bool = Field(description="the model is loaded in this process (MCP server) and reused")
+    sae_in_memory: bool
+    other_sessions: list[str] = Field(description="other session ids in this state directory")

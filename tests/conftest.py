@@ -34,7 +34,7 @@ def reallogs() -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny GPT-2-style base with a real full fine-tune ({step, state_dict} .pt) and a real LoRA adapter."""
-    from toolserver.tiny_models import build_base, finetune, lora_finetune
+    from tools.fixtures.tiny_models import build_base, finetune, lora_finetune
 
     root = tmp_path_factory.mktemp("tiny-gpt2")
     base = build_base("gpt2", root / "base")

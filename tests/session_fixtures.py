@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from toolserver.tiny_models import build_base
+from tools.fixtures.tiny_models import build_base
 
 D_MODEL = 64  # tiny_models' d_model
 N_LAYERS = 2

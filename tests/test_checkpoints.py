@@ -18,7 +18,7 @@ from weight_fixtures import FORMATS, merged_delta, tiny  # noqa: F401
 from session.checkpoint_keys import normalise_key
 from session.checkpoint_lora import read_adapter_config
 from session.checkpoints import align, apply_ties, open_checkpoint
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError
 
 
 def one_line_error(excinfo: pytest.ExceptionInfo[ToolError], *needles: str) -> str:

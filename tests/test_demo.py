@@ -16,7 +16,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     port = free_port()
     demo_dir = tmp_path / "demo"
     env = {**os.environ, "TRAINSPECT_DEMO_DIR": str(demo_dir), "TRAINSPECT_DEMO_PORT": str(port), "TRAINSPECT_HOME": str(tmp_path / "home")}
-    proc = subprocess.run([sys.executable, "-m", "toolserver.demo"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "tools.demo"], env=env, capture_output=True, text=True, timeout=600)
     pid = int((demo_dir / "web.pid").read_text()) if (demo_dir / "web.pid").exists() else None
     try:
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -109,14 +109,14 @@ def test_long_lists_are_cut_with_their_paths_recorded() -> None:
     from pydantic import BaseModel
 
     from toolserver.mcp_server import compact_result
-    from toolserver.registry import Envelope, Finding, ToolSpec
+    from toolserver.contract import Envelope, Finding, ToolSpec
 
     class Out(BaseModel):
         rows: list[dict[str, int]]
         nested: dict[str, list[int]]
 
-    spec = ToolSpec(name="t", command="t", card="t", summary="s", input_model=BaseModel, output_model=Out,
-                    run=lambda *a: None, slim=lambda r: {}, table=lambda r: f"{len(r.rows)} rows")
+    spec = ToolSpec(name="t", command="t", card="t", summary="s", input_model=BaseModel, output_model=Out, slim_model=BaseModel,
+                    run=lambda *a: None, slim=lambda r: BaseModel(), table=lambda r: f"{len(r.rows)} rows")
     env = Envelope[Out](tool="t", call_id="c", created_at="now", duration_s=0.1, session=None, inputs={},
                         result=Out(rows=[{"i": i} for i in range(120)], nested={"xs": list(range(7))}),
                         findings=[Finding(text="f")], follow_ups=[])

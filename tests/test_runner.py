@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from session.state import Session, load_session
-from toolserver.registry import Finding, Outcome, ToolError, ToolSpec
+from toolserver.contract import Finding, LiveFamily, Outcome, ToolError, ToolSpec
 from toolserver.runner import invoke, load_result
 from web_mirror.events import Event
 
@@ -21,6 +21,13 @@ class EchoIn(BaseModel):
 
 class EchoOut(BaseModel):
     echoed: list[str]
+
+
+class EchoCard(BaseModel):
+    n: int
+
+
+ECHO_EVENTS = LiveFamily(prefix="echo.stream", card="echo", fields=("step",))
 
 
 class Recorder:
@@ -36,15 +43,18 @@ def _run(session: Session | None, args: EchoIn, reporter: Any) -> Outcome[EchoOu
         raise ToolError("checkpoint /x/y.pt is truncated", "re-save it")
     if args.text == "bug":
         raise ZeroDivisionError("division by zero")
+    if args.text == "stray":
+        reporter.emit("training.watch.signal", {})  # a family it never declared
     for i in range(200):
         reporter.progress(i / 200, f"step {i}")
-    reporter.emit("training.watch.signal", {"run": "r", "signal": {"type": "loss_plateau"}}, text="plateau at 5")
+    reporter.emit("echo.stream.signal", {"run": "r", "signal": {"type": "loss_plateau"}}, text="plateau at 5")
     return Outcome(EchoOut(echoed=[args.text] * args.times), [Finding(text=f"echoed {args.times}×")])
 
 
 ECHO = ToolSpec(
-    name="echo", command="echo", card="echo", summary="Echo text. Cheap.", input_model=EchoIn,
-    output_model=EchoOut, run=_run, slim=lambda r: {"n": len(r.echoed)}, table=lambda r: " ".join(r.echoed),
+    name="echo", command="echo", card="echo", summary="Echo text. Cheap.", input_model=EchoIn, output_model=EchoOut,
+    slim_model=EchoCard, run=_run, slim=lambda r: EchoCard(n=len(r.echoed)), table=lambda r: " ".join(r.echoed),
+    live=(ECHO_EVENTS,),
 )
 
 
@@ -62,7 +72,7 @@ def test_events_result_and_history(session: Session) -> None:
     assert env.result.echoed == ["hi"] * 3 and env.schema_version == 1 and env.session == "run-1"
     types = [e.type for e in mirror.events]
     assert types[0] == "tool.start" and types[-1] == "tool.result"
-    assert "training.watch.signal" in types
+    assert "echo.stream.signal" in types
     # 200 progress reports are throttled to a handful of mirrored events, but every one reaches the caller
     assert len(progress) == 200 and 2 <= types.count("tool.progress") <= 25
     assert {e.call_id for e in mirror.events} == {env.call_id}
@@ -89,6 +99,15 @@ def test_unexpected_exception_becomes_tool_error_with_log(session: Session) -> N
     assert "ZeroDivisionError" in info.value.message and "\n" not in str(info.value)
     log = Path(info.value.hint.split("details in ")[1])
     assert "Traceback" in log.read_text()
+
+
+def test_events_outside_the_declared_families_and_untyped_slims_are_bugs(session: Session) -> None:
+    with pytest.raises(ToolError, match="outside the live families it declares"):
+        invoke(ECHO, {"text": "stray"}, session=session)
+    untyped = ToolSpec(name="echo2", command="echo2", card="echo", summary="-", input_model=EchoIn, output_model=EchoOut,
+                       slim_model=EchoCard, run=_run, slim=lambda r: {"n": 1}, table=str, live=(ECHO_EVENTS,))
+    with pytest.raises(ToolError, match="slim\\(\\) returned dict, not its EchoCard"):
+        invoke(untyped, {"text": "x"}, session=session)
 
 
 def test_invalid_arguments_name_the_field(session: Session) -> None:

@@ -13,9 +13,12 @@ from session import service
 from session.catalog import CATALOG, lookup
 from session.resolve import detect_kind, resolve_model
 from session.sae import parse_layer
-from session.state import CallRecord, Session, current_session, load_session, now_iso
+from session.model_cache import ModelCache
+from session.state import CallRecord, Session, current_session, load_session
+from toolserver.contract import now_iso
 from session_fixtures import fake_hub_cache, tiny_base
-from toolserver.registry import ToolError, get_tool
+from toolserver.contract import ToolError
+from toolserver.registry import get_tool
 from toolserver.runner import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +194,7 @@ def test_restart_keeps_same_model_and_resets_for_another(bases: dict[str, Path])
     assert [c.tool for c in stored.history] == ["start_session"]  # the call history outlives the model switch
     service.start_session("second", str(bases["llama"]))
     assert current_session().id == "second"
-    assert service.status(load_session("second")).other_sessions == ["run"]
+    assert service.status(load_session("second"), ModelCache()).other_sessions == ["run"]
 
 
 # The runner's own read-append-save of the history (toolserver.runner._record), from separate processes.
@@ -199,14 +202,14 @@ _APPENDER = """
 import sys
 from pydantic import BaseModel
 from session.state import load_session
-from toolserver.registry import Outcome, ToolSpec
+from toolserver.contract import Outcome, ToolSpec
 from toolserver.runner import invoke
 
 class Nothing(BaseModel):
     pass
 
 spec = ToolSpec(name="noop", command="noop", card="noop", summary="-", input_model=Nothing, output_model=Nothing,
-                run=lambda s, a, r: Outcome(Nothing()), slim=lambda r: {}, table=lambda r: "")
+                slim_model=Nothing, run=lambda c, a, r: Outcome(Nothing()), slim=lambda r: Nothing(), table=lambda r: "")
 for _ in range(int(sys.argv[2])):
     invoke(spec, {}, session=load_session(sys.argv[1]))
 """

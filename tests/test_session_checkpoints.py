@@ -9,12 +9,15 @@ import pytest
 import torch
 
 from session import service
-from session.models import load_checkpoint_model, load_model
+from session.model_cache import ModelCache
+from session.models import load_base, load_checkpoint
 from session_fixtures import tiny_base
-from toolserver.registry import ToolError
-from toolserver.tiny_models import finetune, lora_finetune
+from toolserver.contract import ToolError
+from tools.fixtures.tiny_models import finetune, lora_finetune
 
 PROMPT = "Attention layers decide which earlier words matter."
+
+CACHE = ModelCache()  # one cache for the module, as a front door keeps one
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +54,9 @@ def _reference(base: Path, checkpoint: Path, kind: str) -> torch.nn.Module:
 @pytest.mark.parametrize("kind", ["full", "lora"])
 def test_checkpoint_model_matches_an_independent_load(arch: str, kind: str, runs: dict[str, dict[str, Path]]) -> None:
     session, _ = service.start_session(f"{arch}-{kind}", str(runs[arch]["base"]))
-    base = load_model(session)
-    tuned = load_checkpoint_model(session, runs[arch][kind])
-    assert load_checkpoint_model(session, runs[arch][kind]) is tuned  # cached
+    base = load_base(session, CACHE)
+    tuned = load_checkpoint(session, runs[arch][kind], CACHE)
+    assert load_checkpoint(session, runs[arch][kind], CACHE) is tuned  # cached
     assert tuned.step == (5 if kind == "full" else None)
     tokens = base.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -65,7 +68,7 @@ def test_checkpoint_model_matches_an_independent_load(arch: str, kind: str, runs
     assert (logits - base_logits).abs().max() > 1e-3  # the fine-tune really changed the model
     # the base model in the same session is untouched by loading the checkpoint
     with torch.no_grad():
-        torch.testing.assert_close(load_model(session).model(tokens), base_logits)
+        torch.testing.assert_close(load_base(session, CACHE).model(tokens), base_logits)
 
 
 def test_encoder_checkpoint_from_a_masked_lm_fine_tune(runs: dict[str, dict[str, Path]]) -> None:
@@ -73,7 +76,7 @@ def test_encoder_checkpoint_from_a_masked_lm_fine_tune(runs: dict[str, dict[str,
     from transformers import AutoModel
 
     session, _ = service.start_session("bert-ft", str(runs["bert"]["base"]))
-    tuned = load_checkpoint_model(session, runs["bert"]["full"])
+    tuned = load_checkpoint(session, runs["bert"]["full"], CACHE)
     ref = AutoModel.from_pretrained(str(runs["bert"]["base"]))
     weights = {k.removeprefix("bert."): v for k, v in load_file(str(runs["bert"]["full"])).items()}
     missing, _ = ref.load_state_dict(weights, strict=False)
@@ -87,7 +90,7 @@ def test_checkpoint_of_another_architecture_is_one_clear_line(runs: dict[str, di
     session, _ = service.start_session("mismatch", str(runs["gpt2"]["base"]))
     for other in (runs["llama"]["full"], runs["llama"]["lora"]):
         with pytest.raises(ToolError) as e:
-            load_checkpoint_model(session, other)
+            load_checkpoint(session, other, CACHE)
         assert str(other) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -99,7 +102,7 @@ def test_a_checkpoint_rewritten_in_place_is_reloaded(runs: dict[str, dict[str, P
     adapter = tmp_path / "adapter"
     shutil.copytree(runs["llama"]["lora"], adapter)
     session, _ = service.start_session("rewritten", str(runs["llama"]["base"]))
-    first = load_checkpoint_model(session, adapter)
+    first = load_checkpoint(session, adapter, CACHE)
     weights_file = adapter / "adapter_model.safetensors"
     weights = {k: v * 2 if "lora_B" in k else v for k, v in load_file(str(weights_file)).items()}
     dir_mtime = adapter.stat().st_mtime_ns
@@ -107,7 +110,7 @@ def test_a_checkpoint_rewritten_in_place_is_reloaded(runs: dict[str, dict[str, P
     weights_file.write_bytes((tmp_path / "new.safetensors").read_bytes())
     os.utime(weights_file, ns=(dir_mtime + 10**9, dir_mtime + 10**9))  # a later write, whatever the clock's resolution
     assert adapter.stat().st_mtime_ns == dir_mtime
-    second = load_checkpoint_model(session, adapter)
+    second = load_checkpoint(session, adapter, CACHE)
     assert second is not first
     tokens = first.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -125,8 +128,8 @@ def test_gpt2_adapter_orientation_follows_the_base_not_the_config_flag(runs: dic
     config["fan_in_fan_out"] = False
     (flipped / "adapter_config.json").write_text(json.dumps(config))
     session, _ = service.start_session("gpt2-flag", str(runs["gpt2"]["base"]))
-    tokens = load_model(session).tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    tokens = load_base(session, CACHE).tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        logits = load_checkpoint_model(session, flipped).model(tokens)
+        logits = load_checkpoint(session, flipped, CACHE).model(tokens)
         ref = _reference(runs["gpt2"]["base"], runs["gpt2"]["lora"], "lora")(tokens).logits
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)

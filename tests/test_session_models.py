@@ -7,14 +7,18 @@ import pytest
 import torch
 
 from session import service
-from session.models import load_model
+from session.model_cache import ModelCache
+from session.models import load_base
 from session.sae import session_sae
 from session.state import load_session
 from session_fixtures import D_MODEL, N_LAYERS, build_sae, fake_hub_cache, tiny_base
-from toolserver.registry import ToolError, get_tool
+from toolserver.contract import ToolError
+from toolserver.registry import get_tool
 from toolserver.runner import invoke
 
 PROMPTS = ["The model reads a sentence and predicts the next word.", "Dead layers receive almost no gradient."]
+
+CACHE = ModelCache()  # one cache for the module, as a front door keeps one
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +49,9 @@ def _hf_reference(model_dir: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_llm_loads_through_the_bridge_and_matches_hf(arch: str, bases: dict[str, Path]) -> None:
     session, _ = service.start_session(f"tiny-{arch}", str(bases[arch]))
-    loaded = load_model(session)
-    assert load_model(session) is loaded  # cached for the process
-    assert service.status(session).model_in_memory
+    loaded = load_base(session, CACHE)
+    assert load_base(session, CACHE) is loaded  # cached for the process
+    assert service.status(session, CACHE).model_in_memory
     assert (loaded.d_model, loaded.n_layers, loaded.device) == (D_MODEL, N_LAYERS, "cpu")
     tokens = loaded.tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -65,7 +69,7 @@ def test_bundled_encoder_starts_an_embedding_session_offline() -> None:
     env = invoke(get_tool("start_session"), {"id": "minilm", "model": "all-minilm-l6-v2"})
     assert env.result.kind == "embedding" and env.result.d_model == 384 and env.result.n_layers == 6
     assert env.result.default_layer == 3
-    loaded = load_model(load_session("minilm"))
+    loaded = load_base(load_session("minilm"), CACHE)
     assert type(loaded.model).__name__ == "BertModel"
     batch = loaded.tokenizer(["a cat sits on the mat", "a cat is sitting on a mat", "stock prices fell sharply"], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -85,12 +89,12 @@ def test_local_sae_loads_with_hook_and_encodes_like_the_formula(bases: dict[str,
     stored = load_session("sae-run")
     assert (stored.sae, stored.sae_hook, stored.sae_layer) == (str(sae_dirs["ok"].resolve()), "blocks.1.hook_resid_post", 1)
 
-    loaded = load_model(stored)
+    loaded = load_base(stored, CACHE)
     tokens = loaded.tokenizer(PROMPTS, padding=True, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         _, cache = loaded.model.run_with_cache(tokens, names_filter=stored.sae_hook)
         acts = cache[stored.sae_hook]
-        sae = session_sae(stored)
+        sae = session_sae(stored, CACHE)[0]
         features = sae.encode(acts)
     # independent reference: StandardSAE is ReLU((x - b_dec) W_enc + b_enc), weights read from the saved file
     from safetensors.torch import load_file
@@ -107,9 +111,9 @@ def test_local_sae_loads_with_hook_and_encodes_like_the_formula(bases: dict[str,
 
 def test_sae_without_hook_metadata_falls_back_to_the_default_layer(bases: dict[str, Path], sae_dirs: dict[str, Path]) -> None:
     session, _ = service.start_session("fallback", str(bases["llama"]))
-    _, info = service.load_sae(session, str(sae_dirs["no_hook"]))
+    _, info = service.load_sae(session, str(sae_dirs["no_hook"]), CACHE)
     assert (info.layer, info.hook, info.hook_assumed) == (1, "blocks.1.hook_resid_post", True)  # middle of 2 layers
-    assert service.status(session).sae_in_memory and not service.status(load_session("fallback")).sae_in_memory
+    assert service.status(session, CACHE).sae_in_memory and not service.status(load_session("fallback"), ModelCache()).sae_in_memory
 
 
 def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -126,7 +130,7 @@ def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[st
     }
     for spec, needles in cases.items():
         with pytest.raises(ToolError) as e:
-            service.load_sae(session, spec)
+            service.load_sae(session, spec, CACHE)
         text = str(e.value)
         assert "\n" not in text and all(n in text for n in needles), text
     assert load_session("errs").sae is None  # nothing was persisted
@@ -139,7 +143,7 @@ def test_llm_the_bridge_cannot_load_is_one_clear_line(tmp_path: Path) -> None:
     session, _ = service.start_session("biogpt", str(model_dir))
     assert session.kind == "llm"
     with pytest.raises(ToolError) as e:
-        load_model(session)
+        load_base(session, CACHE)
     text = str(e.value)
     assert "\n" not in text and "TransformerBridge" in text and "BioGptForCausalLM" in text and len(text) < 400, text
 
@@ -156,7 +160,10 @@ def test_pretrained_sae_loads_from_the_hf_cache_offline(bases: dict[str, Path], 
     env = invoke(get_tool("load_sae"), {"sae": "gpt2-small-res-jb/blocks.1.hook_resid_pre"})
     assert (env.result.source, env.result.hook, env.result.layer, env.result.d_in) == ("pretrained", "blocks.1.hook_resid_pre", 1, D_MODEL)
     assert env.result.model_kwargs == {"center_writing_weights": True}
-    assert any(f.severity == "warn" and "center_writing_weights" in f.text for f in env.findings)
+    # HookedTransformer's defaults fill in the rest; only the processing that changes resid_pre is applied
+    assert env.result.processing.endswith("TransformerLens processing: center_writing_weights (fold_ln, center_unembed, "
+                                          "fold_value_biases skipped: they do not change blocks.1.hook_resid_pre)")
+    assert any("center_writing_weights" in f.text for f in env.findings)
     assert load_session("cached").sae == "gpt2-small-res-jb/blocks.1.hook_resid_pre"
     # an id of the same release that is not cached: one line saying so
     with pytest.raises(ToolError, match="not in the local HF cache and the hub is offline"):
@@ -168,7 +175,7 @@ def test_centred_writing_weights_only_remove_each_residual_vectors_mean(bases: d
     from transformer_lens.model_bridge import TransformerBridge
 
     session, _ = service.start_session("centred", str(bases["gpt2"]))
-    raw = load_model(session).model
+    raw = load_base(session, CACHE).model
     processed = TransformerBridge.boot_transformers(str(bases["gpt2"]), device="cpu")
     processed.enable_compatibility_mode(disable_warnings=True, center_writing_weights=True)
     tokens = raw.tokenizer(PROMPTS, padding=True, return_tensors="pt")["input_ids"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from watch_fixtures import BATCH, sequences, tiny_lm
 
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError
 from tools.watch import StepLogger
 from tools.watch.analysis_checkpoint import (
     PERCENTILES, AnalysisConfig, Triggers, attention_stats, read_analysis_checkpoint, sampled_grid, scheduled, tensor_stats,

@@ -235,9 +235,9 @@ def test_steps_and_signals_reach_a_running_mirror(tmp_path: Path, isolated_home:
                 log.record(StepSnapshot(step=step, loss=3.0 + 0.5 * (-1) ** step, max_grad=40.0 if step == 30 else 1.0))
         cards = httpx.get(f"{url}/api/sessions/watch-e2e/cards", timeout=5).json()["cards"]
         (card,) = [c for c in cards if c["call_id"] == "live-run"]
-        watch = card["watch"]
-        assert [s["step"] for s in watch["steps"]] == list(range(1, 41))
-        assert [(s["type"], s["step"]) for s in watch["signals"]] == [("gradient_spike", 30)]
+        watch = card["live"]
+        assert [s["step"] for s in watch["points"]] == list(range(1, 41))
+        assert [(s["type"], s["step"]) for s in watch["markers"]] == [("gradient_spike", 30)]
         assert watch["summary"]["steps_seen"] == 40
     finally:
         server.terminate()

@@ -12,7 +12,7 @@ import pytest
 from watch_fixtures import steps, watch, write_jsonl
 
 from bench.watch import FullHistoryEngine
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError
 from tools.watch.readers import JsonlReader, TableReader, detect_format
 from tools.watch.snapshot import StepSnapshot
 

@@ -15,12 +15,16 @@ from typing import Any
 import anyio
 import jsonschema
 import pytest
+
+from session.context import ToolContext
 from mcp import Client
 from watch_fixtures import ATTN, MLP, RecordingReporter, steps, watch, write_jsonl
 
-from toolserver.registry import SilentReporter
+from toolserver.contract import SilentReporter
 from toolserver.runner import invoke
-from tools.watch.tool import SPEC, WatchInput, WatchResult, run
+from tools.watch import SPEC
+from tools.watch.models import WatchInput, WatchResult
+from tools.watch.run import run
 
 BIN = Path(sys.executable).parent / "trainspect"
 
@@ -192,7 +196,7 @@ def test_findings_quote_each_types_most_telling_signal(tmp_path: Path) -> None:
     rows = spiky(140) + steps(30, start=141, loss=lambda i: 2.0 + 0.01 * i)  # a slow rise fires a warning at 150
     for step, g in ((31, 6.0), (70, 15.0), (110, 8.0)):
         rows[step - 1]["maxGrad"] = g
-    outcome = run(None, WatchInput(metrics=str(write_jsonl(tmp_path / "m.jsonl", rows))), SilentReporter())
+    outcome = run(ToolContext(None), WatchInput(metrics=str(write_jsonl(tmp_path / "m.jsonl", rows))), SilentReporter())
     diverging, spike = outcome.findings[:2]  # both warnings: in the engine's priority order
     assert spike.text.startswith("gradient_spike ×3 (steps 31–110): max grad norm 15 ") and spike.text.endswith("[step 70]")
     assert diverging.text.startswith("loss_diverging ×1 (step 150)")
@@ -201,7 +205,7 @@ def test_findings_quote_each_types_most_telling_signal(tmp_path: Path) -> None:
 def test_nonfinite_values_keep_the_card_strict_json(tmp_path: Path) -> None:
     rows = [json.dumps(r) for r in steps(5)] + ['{"step": 6, "loss": NaN, "maxGrad": Infinity}']
     result = watch(write_jsonl(tmp_path / "m.jsonl", rows))
-    json.dumps(SPEC.slim(result), allow_nan=False)
+    json.dumps(SPEC.slim(result).model_dump(mode="json"), allow_nan=False)
     json.loads(result.model_dump_json())
 
 

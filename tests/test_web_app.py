@@ -12,19 +12,19 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError
 from web_mirror.app import RECONNECT_MS, Card, create_app
-from web_mirror.cards import MAX_POINTS, fold
+from web_mirror.cards import Folder
 from web_mirror.events import Event
 from web_mirror.server import is_loopback, loopback_hosts, serve
 from web_mirror.store import Store
 
-from web_fixtures import ev, long_run, mirror_server, sse_messages, tool_call
+from web_fixtures import CONTRACT, MAX_POINTS, app_for, ev, long_run, mirror_server, sse_messages, tool_call
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> TestClient:
-    return TestClient(create_app(tmp_path / "home"))
+    return TestClient(app_for(tmp_path / "home"))
 
 
 def test_ingest_folds_a_tool_call_into_one_card_and_keeps_the_full_result_apart(client: TestClient) -> None:
@@ -78,11 +78,11 @@ def test_training_watch_events_fold_into_one_watch_card_nan_loss_included(client
     assert r.status_code == 200, r.text
     [card] = client.get("/api/sessions/s/cards").json()["cards"]
     assert card["kind"] == "watch" and card["status"] == "ok"
-    w = card["watch"]
-    assert w["run"] == run and [s["step"] for s in w["steps"]] == [0, 1, 2, 3, 4, 5]
-    assert w["steps"][5]["loss"] == "NaN" and w["steps"][0] == {"step": 0, "loss": 2.0, "maxGrad": 0.5, "learning_rate": None, "n": 0, "signal": False}
-    assert w["signals"] == [signal_] and w["summary"] == {"steps": 6}
-    assert [s["step"] for s in w["steps"] if s["signal"]] == [3] and (w["seen"], w["stride"], w["pinned"]) == (6, 1, 1)
+    w = card["live"]
+    assert w["family"] == "training.watch" and w["label"] == run and [s["step"] for s in w["points"]] == [0, 1, 2, 3, 4, 5]
+    assert w["points"][5]["loss"] == "NaN" and w["points"][0] == {"step": 0, "loss": 2.0, "maxGrad": 0.5, "learning_rate": None, "n": 0, "pinned": False}
+    assert w["markers"] == [signal_] and w["summary"] == {"steps": 6}
+    assert [s["step"] for s in w["points"] if s["pinned"]] == [3] and (w["seen"], w["stride"], w["pinned"]) == (6, 1, 1)
 
 
 LONG_SIGNALS = [5, 777, 1234, 5001, 13_333, 19_998]
@@ -90,7 +90,7 @@ LONG_SIGNALS = [5, 777, 1234, 5001, 13_333, 19_998]
 
 def test_a_long_run_keeps_a_bounded_series_with_the_last_step_and_every_signal_step(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    with TestClient(create_app(home)) as client:
+    with TestClient(app_for(home)) as client:
         batches = long_run("long", "run", 20_000, LONG_SIGNALS)
         for batch in batches[:7]:
             assert client.post("/api/events", json=batch).status_code == 200
@@ -99,27 +99,27 @@ def test_a_long_run_keeps_a_bounded_series_with_the_last_step_and_every_signal_s
             assert client.post("/api/events", json=batch).status_code == 200
         snapshot = client.get("/api/sessions/long/cards").json()
     [card] = snapshot["cards"]
-    w = card["watch"]
-    steps = [p["step"] for p in w["steps"]]
+    w = card["live"]
+    steps = [p["step"] for p in w["points"]]
     assert len(steps) <= MAX_POINTS and steps == sorted(steps) and steps[-1] == 19_999
     assert w["seen"] == 19_999 and len(steps) > MAX_POINTS // 4
-    assert [p["step"] for p in w["steps"] if p["signal"]] == [s for s in LONG_SIGNALS if s != 777]  # 777's step was dropped
-    assert all(p["n"] % w["stride"] == 0 for p in w["steps"][:-1] if not p["signal"])
+    assert [p["step"] for p in w["points"] if p["pinned"]] == [s for s in LONG_SIGNALS if s != 777]  # 777's step was dropped
+    assert all(p["n"] % w["stride"] == 0 for p in w["points"][:-1] if not p["pinned"])
     assert early["last_seq"] < snapshot["last_seq"] == card["last_seq"]
     # a cold fold of the same log (a restarted server) gives the same cards as the incremental one
-    with TestClient(create_app(home)) as client:
+    with TestClient(app_for(home)) as client:
         assert client.get("/api/sessions/long/cards").json() == snapshot
     stored = Store.in_home(home)
-    assert [Card(**c).model_dump(mode="json") for c in fold(stored.events("long"))] == snapshot["cards"]
+    assert [Card(**c).model_dump(mode="json") for c in Folder(CONTRACT.families).fold(stored.events("long"))] == snapshot["cards"]
     stored.close()
 
 
 def test_a_series_pinned_mostly_by_signals_still_thins_its_unpinned_points(client: TestClient) -> None:
     for batch in long_run("busy", "run", 6_000, list(range(0, 6_000, 8))):  # 750 signal steps, more than half the bound
         assert client.post("/api/events", json=batch).status_code == 200
-    w = client.get("/api/sessions/busy/cards").json()["cards"][0]["watch"]
-    assert w["pinned"] == 750 and sum(p["signal"] for p in w["steps"]) == 750
-    assert len(w["steps"]) - w["pinned"] <= MAX_POINTS // 2
+    w = client.get("/api/sessions/busy/cards").json()["cards"][0]["live"]
+    assert w["pinned"] == 750 and sum(p["pinned"] for p in w["points"]) == 750
+    assert len(w["points"]) - w["pinned"] <= MAX_POINTS // 2
 
 
 def test_malformed_family_data_degrades_the_card_not_the_server(client: TestClient) -> None:
@@ -127,13 +127,13 @@ def test_malformed_family_data_degrades_the_card_not_the_server(client: TestClie
         ev("tool.progress", "s", "c", fraction="lots", message=3),
         ev("tool.result", "s", "c", findings="none", duration_s=True, slim=[1, 2]),
         ev("training.watch.step", "s", "w", snapshot=[1]),
-        ev("simulate.pass", "s", "sim", run="r", pass_=2),
+        ev("training.watch.pass", "s", "sim", run="r", pass_=2),
     ]
     assert client.post("/api/events", json=junk).status_code == 200
     cards = {c["call_id"]: c for c in client.get("/api/sessions/s/cards").json()["cards"]}
     assert cards["c"]["progress"] == {"fraction": None, "message": None} and cards["c"]["findings"] == []
-    assert cards["w"]["watch"]["steps"] == [] and cards["sim"]["kind"] == "simulate"
-    assert cards["sim"]["extra"][0]["type"] == "simulate.pass"
+    assert cards["w"]["live"]["points"] == [] and cards["sim"]["kind"] == "watch"
+    assert cards["sim"]["extra"][0]["type"] == "training.watch.pass"
 
 
 def test_unknown_event_types_and_oversized_batches_are_rejected(client: TestClient) -> None:
@@ -167,14 +167,14 @@ def test_a_refused_batch_is_not_echoed_back(client: TestClient) -> None:
 
 
 def test_request_bodies_are_size_limited(tmp_path: Path) -> None:
-    c = TestClient(create_app(tmp_path / "home", max_body=10_000))
+    c = TestClient(app_for(tmp_path / "home", max_body=10_000))
     big = ev("tool.result", "s", "c", result={"blob": "x" * 20_000})
     assert c.post("/api/events", json=big).status_code == 413
     assert c.post("/api/events", json=ev("tool.start", "s", "c")).status_code == 200
 
 
 def test_with_a_token_every_api_call_needs_it(tmp_path: Path) -> None:
-    c = TestClient(create_app(tmp_path / "home", token="s3cret"))
+    c = TestClient(app_for(tmp_path / "home", token="s3cret"))
     assert c.post("/api/events", json=tool_call("s", "c")).status_code == 401
     for path in ("/api/sessions", "/api/sessions/s/cards", "/api/calls/c", "/api/sessions/s/stream"):
         assert c.get(path).status_code == 401, path
@@ -234,11 +234,11 @@ def test_two_servers_on_one_state_directory_share_one_log(tmp_path: Path) -> Non
 def test_an_unusable_state_directory_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(ToolError, match=f"cannot open the mirror's database {tmp_path / 'file' / 'mirror.sqlite3'}"):
-        create_app(tmp_path / "file")
+        app_for(tmp_path / "file")
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "mirror.sqlite3").write_bytes(b"garbage, not SQLite" * 100)
     with pytest.raises(ToolError, match="mirror.sqlite3: file is not a database"):
-        create_app(tmp_path / "home")
+        app_for(tmp_path / "home")
 
 
 def _read_sse(url: str, headers: dict[str, str], n: int, out: list[dict]) -> None:

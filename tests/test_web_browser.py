@@ -16,9 +16,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from web_mirror.cards import MAX_POINTS
 
-from web_fixtures import ROOT, MirrorServer, chromium, chromium_path, ev, fresh_page, long_run, mirror_server, tool_call
+from web_fixtures import MAX_POINTS, ROOT, MirrorServer, chromium, chromium_path, ev, fresh_page, long_run, mirror_server, tool_call
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian chromium is not installed (make setup installs it)")
 
@@ -120,7 +119,7 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(server: MirrorServer, pa
         ev("tool.start", "xss", "x2", tool="run_x", card=c, args={"checkpoint": f"/tmp/{a}"}),
         ev("tool.error", "xss", "x2", tool="run_x", card=c, duration_s=0.1, error=b, hint=a),
         ev("training.watch.signal", "xss", "x3", run=a, signal={"type": b, "severity": "warn", "step": 1, "message": a, "layers": [b]}),
-        ev("simulate.pass", "xss", "x4", run=b, note=a),
+        ev("training.watch.follow", "xss", "x4", run=b, note=a),
     ])
     for cid in ("x1", "x2", "x3", "x4"):
         card(page, cid)
@@ -179,10 +178,10 @@ def test_a_long_run_draws_the_same_bounded_series_live_as_after_a_reload(server:
     card(page, "run")
     for batch in [batches[split][len(head):], *batches[split + 1:]]:
         server.post(batch)  # folded live by the page, on top of the server's fold of the first part
-    w = server.get("/api/sessions/long/cards")["cards"][0]["watch"]
-    assert len(w["steps"]) <= MAX_POINTS and w["steps"][-1]["step"] == 5999
-    assert [p["step"] for p in w["steps"] if p["signal"]] == signal_steps
-    note = f"steps 0–5999 · {len(w['steps'])} points"
+    w = server.get("/api/sessions/long/cards")["cards"][0]["live"]
+    assert len(w["points"]) <= MAX_POINTS and w["points"][-1]["step"] == 5999
+    assert [p["step"] for p in w["points"] if p["pinned"]] == signal_steps
+    note = f"steps 0–5999 · {len(w['points'])} points"
     expect(page.locator('article[data-call-id="run"] .steps-note')).to_have_text(note)
 
     def drawn() -> dict[str, Any]:
@@ -204,7 +203,7 @@ def test_a_new_tool_kind_gets_the_generic_table_and_reload_shows_the_same_cards(
     open_session(page, server, "gen")
     server.post(tool_call("gen", "g1", tool="run_future_tool", card="futureCard", slim={"score": 0.731, "rows": [{"layer": 0, "drift": 0.12}, {"layer": 1, "drift": 0.34}]}))
     server.post([ev("tool.start", "gen", "g2", tool="run_slow", card="slowCard", args={"name": "half"}), ev("tool.progress", "gen", "g2", fraction=0.5, message="layer 1/2")])
-    server.post([ev("simulate.pass", "gen", "sim", run="sim", pass_index=1, name="sae baseline")])
+    server.post([ev("training.watch.note", "gen", "sim", run="sim", pass_index=1, name="sae baseline")])
     node = card(page, "g1")
     page.wait_for_selector('article[data-call-id="g2"] .progress .fill')
     page.wait_for_selector('article[data-call-id="sim"]')

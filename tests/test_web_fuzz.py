@@ -15,13 +15,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from web_mirror.app import create_app
+from web_fixtures import app_for
 
 TOKEN = "fuzz-token"
 # schemathesis' fixture-based loader does not work with this pytest, so the apps are built at import
 _HOME = Path(tempfile.mkdtemp(prefix="trainspect-fuzz-"))
-open_api = schemathesis.openapi.from_asgi("/openapi.json", create_app(_HOME / "open"))
-token_api = schemathesis.openapi.from_asgi("/openapi.json", create_app(_HOME / "token", token=TOKEN))
+open_api = schemathesis.openapi.from_asgi("/openapi.json", app_for(_HOME / "open"))
+token_api = schemathesis.openapi.from_asgi("/openapi.json", app_for(_HOME / "token", token=TOKEN))
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from session.context import ToolContext
 import torch
 from safetensors.torch import load_file
 from weight_fixtures import session_for
 
-from toolserver.registry import SilentReporter
+from toolserver.contract import SilentReporter
 from tools.weight_diff import SPEC
 
 PAIRS = [
@@ -48,7 +50,7 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_encoder_layers_match_dense_svd(minilm: tuple[Path, Path]) -> None:
     base_dir, ft_dir = minilm
-    result = SPEC.run(session_for(base_dir, kind="embedding"), SPEC.input_model(checkpoint=str(ft_dir)), SilentReporter()).result
+    result = SPEC.run(ToolContext(session_for(base_dir, kind="embedding")), SPEC.input_model(checkpoint=str(ft_dir)), SilentReporter()).result
     base, ft = load_file(base_dir / "model.safetensors"), load_file(ft_dir / "model.safetensors")
     assert result.mode == "full" and result.n_layers == 6
     expected = {"Q": "attention.self.query", "K": "attention.self.key", "V": "attention.self.value",

@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from toolserver.registry import SilentReporter
-from tools.watch.tool import WatchInput, WatchResult, run
+from session.context import ToolContext
+from toolserver.contract import SilentReporter
+from tools.watch.models import WatchInput, WatchResult
+from tools.watch.run import run
 
 ATTN = "model.layers.0.self_attn.q_proj"
 MLP = "model.layers.0.mlp.up_proj"
@@ -47,7 +49,7 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any] | str], newline: str =
 
 
 def watch(path: Path, reporter: Any = None, **kw: Any) -> WatchResult:
-    return run(None, WatchInput(metrics=str(path), **kw), reporter or SilentReporter()).result
+    return run(ToolContext(None), WatchInput(metrics=str(path), **kw), reporter or SilentReporter()).result
 
 
 class RecordingReporter:

@@ -17,13 +17,23 @@ from typing import Any
 
 import httpx
 
-from web_mirror.app import MAX_BATCH
+from toolserver.registry import mirror_contract
+from tools.watch.snapshot import WATCH_EVENTS
+from web_mirror.app import MAX_BATCH, create_app
+
+CONTRACT = mirror_contract()  # what `trainspect web` serves: the registered tools' cards and live families
+MAX_POINTS = WATCH_EVENTS.max_points
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+
+
+def app_for(home: Path, **kw: Any) -> Any:
+    """The mirror app as `trainspect web` builds it (the registry's contract), over `home`."""
+    return create_app(home, contract=CONTRACT, **kw)
 
 
 def free_port() -> int:
@@ -33,7 +43,7 @@ def free_port() -> int:
 
 
 class MirrorServer:
-    """`python -m web_mirror` on a free loopback port, with its own TRAINSPECT_HOME; restartable."""
+    """`trainspect web` (`python -m toolserver.cli web`) on a free loopback port, with its own home; restartable."""
 
     def __init__(self, home: Path, *, token: str | None = None, port: int | None = None) -> None:
         self.home = home
@@ -44,7 +54,7 @@ class MirrorServer:
         self.log = home.parent / f"mirror-{self.port}.log"
 
     def start(self) -> "MirrorServer":
-        cmd = [sys.executable, "-m", "web_mirror", "--port", str(self.port), "--home", str(self.home)]
+        cmd = [sys.executable, "-m", "toolserver.cli", "web", "--port", str(self.port), "--home", str(self.home)]
         if self.token:
             cmd += ["--token", self.token]
         self.home.mkdir(parents=True, exist_ok=True)

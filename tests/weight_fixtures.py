@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from session.state import Session
-from toolserver.tiny_models import build_base, finetune, lora_finetune
+from tools.fixtures.tiny_models import build_base, finetune, lora_finetune
 
 FORMATS = {
     "safetensors": "ft.safetensors",

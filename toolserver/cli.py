@@ -8,28 +8,20 @@ import argparse
 import json
 import os
 import sys
-import types
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union, get_args, get_origin
+from typing import Any, get_args
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from toolserver.registry import Envelope, ToolError, ToolSpec, all_tools
-
-GLOBAL_FLAGS = ("session", "save", "output", "mirror", "no_mirror")
+from toolserver.contract import Envelope, ToolError, ToolSpec, front_door_type, unwrap_optional
+from toolserver.registry import all_tools, mirror_contract
+from toolserver.render import render
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _unwrap_optional(annotation: Any) -> Any:
-    if get_origin(annotation) in (Union, types.UnionType):
-        rest = [a for a in get_args(annotation) if a is not type(None)]
-        if len(rest) == 1:
-            return rest[0]
-    return annotation
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
@@ -38,28 +30,37 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel])
         _add_field(parser, name, field)
 
 
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+
+
 def _add_field(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
-    annotation = _unwrap_optional(field.annotation)
+    """One flag per field, by the front-door type the registration already checked (contract.front_door_type)."""
+    annotation = unwrap_optional(field.annotation)
+    kind = front_door_type(field.annotation)
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    help_text = field.description or ""
-    kwargs: dict[str, Any] = {"help": help_text, "dest": name}
+    kwargs: dict[str, Any] = {"help": field.description or "", "dest": name, "metavar": name.upper()}
     if annotation is bool:
+        kwargs.pop("metavar")
         kwargs["action"] = argparse.BooleanOptionalAction
         kwargs["default"] = field.default if not field.is_required() else False
     else:
-        origin = get_origin(annotation)
-        if origin in (list, tuple, set):
-            inner = get_args(annotation)[0] if get_args(annotation) else str
+        if kind == "list":
+            inner = unwrap_optional(next(a for a in get_args(annotation) if a is not Ellipsis))
             kwargs["nargs"] = "+"
-            kwargs["type"] = _unwrap_optional(inner) if _unwrap_optional(inner) in (int, float) else str
-        elif origin is Literal:
+            kwargs["type"] = inner if inner in (int, float) else str
+        elif kind == "literal":
             kwargs["choices"] = list(get_args(annotation))
-        elif annotation in (int, float):
-            kwargs["type"] = annotation
-        elif not (isinstance(annotation, type) and issubclass(annotation, (BaseModel, dict))):
-            kwargs["type"] = str
+            kwargs["type"] = type(get_args(annotation)[0])
+            kwargs.pop("metavar")
+        elif kind == "json":
+            kwargs["type"] = _json_value
+            kwargs["help"] += " (JSON)"
         else:
-            kwargs["type"] = json.loads  # structured fields are given as JSON
+            kwargs["type"] = annotation if annotation in (int, float) else str
         if field.is_required():
             kwargs["required"] = not extra.get("positional")
         else:
@@ -67,7 +68,7 @@ def _add_field(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> 
     if extra.get("positional"):
         kwargs.pop("dest")
         kwargs.pop("required", None)
-        parser.add_argument(name, metavar=name.upper(), **kwargs)
+        parser.add_argument(name, **kwargs)
     else:
         parser.add_argument(_flag(name), **kwargs)
 
@@ -101,15 +102,16 @@ def build_parser(tools: Sequence[ToolSpec[Any, Any]]) -> argparse.ArgumentParser
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=8002)
     web.add_argument("--token", default=os.environ.get("TRAINSPECT_MIRROR_TOKEN"), help="required to bind a non-loopback address")
+    web.add_argument("--home", type=Path, metavar="DIR", help="state directory (default $TRAINSPECT_HOME or ~/.trainspect)")
     web.set_defaults(action="web")
     return parser
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--session", dest="_session", help="session id (default: $TRAINSPECT_SESSION, else the last one started)")
-    p.add_argument("--save", dest="_save", type=Path, help="write the schema_version=1 JSON export here")
+    p.add_argument("--session", dest="_session", metavar="ID", help="session id (default: $TRAINSPECT_SESSION, else the last one started)")
+    p.add_argument("--save", dest="_save", type=Path, metavar="PATH", help="write the schema_version=1 JSON export here")
     p.add_argument("--output", dest="_output", choices=["table", "json"], default="table", help="json prints the full result for scripts")
-    p.add_argument("--mirror", dest="_mirror", help="web mirror URL for this call")
+    p.add_argument("--mirror", dest="_mirror", metavar="URL", help="web mirror URL for this call")
     p.add_argument("--no-mirror", dest="_no_mirror", action="store_true", help="do not mirror this call")
 
 
@@ -160,17 +162,6 @@ def _save(path: Path, envelope: Envelope[Any]) -> None:
         raise ToolError(f"cannot write {path}: {e.strerror}", "choose a writable --save path") from None
 
 
-def render(spec: ToolSpec[Any, Any], envelope: Envelope[Any]) -> str:
-    """The people view: the tool's table, then findings and suggested next calls."""
-    parts = [spec.table(envelope.result)]
-    if envelope.findings:
-        parts.append("Findings:\n" + "\n".join(f"  [{f.severity}] {f.text}" for f in envelope.findings))
-    if envelope.follow_ups:
-        parts.append("Next:\n" + "\n".join(f"  {fu.tool} {json.dumps(fu.args)} — {fu.why}" for fu in envelope.follow_ups))
-    parts.append(f"call_id {envelope.call_id} · {envelope.duration_s:.2f}s")
-    return "\n\n".join(p for p in parts if p)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(all_tools())
     ns = parser.parse_args(argv)
@@ -183,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(ns, "action", None) == "web":
             from web_mirror.server import serve as serve_web
 
-            serve_web(host=ns.host, port=ns.port, token=ns.token)
+            serve_web(host=ns.host, port=ns.port, token=ns.token, home=ns.home, contract=mirror_contract())
             return 0
         return _run_tool(ns)
     except ToolError as e:

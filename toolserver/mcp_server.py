@@ -19,9 +19,11 @@ from mcp.server.mcpserver.exceptions import ToolError as MCPToolError
 from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
+from session.model_cache import ModelCache
 from session.state import Session, current_session
-from toolserver.registry import Envelope, ToolError, ToolSpec, all_tools, envelope_model
-from toolserver.cli import render
+from toolserver.contract import Envelope, ToolError, ToolSpec, envelope_model
+from toolserver.registry import all_tools
+from toolserver.render import render
 from toolserver.runner import invoke, load_result
 
 LIST_LIMIT = 50  # items per list in an MCP result; the rest is paged through get_result
@@ -47,22 +49,23 @@ class Job:
 
 @dataclass
 class ServerState:
+    """What the server keeps between calls: its mirror client, its model cache (models stay warm from one
+    call to the next; keys name the model directory and checkpoint stamp, so a restarted session with
+    another model never sees the old one) and the calls started with start_tool."""
+
     mirror: Any | None
-    caches: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    models: ModelCache = field(default_factory=ModelCache)
     jobs: dict[str, Job] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def session(self) -> Session | None:
-        """The current session, with this process's model cache attached (keyed so a restarted
-        session with another model never sees the old model)."""
         try:
-            sess = current_session()
+            return current_session()
         except ToolError:
             return None
-        key = (sess.id, sess.model_source, sess.created_at)
-        with self.lock:
-            sess._cache = self.caches.setdefault(key, {})
-        return sess
+
+    def invoke(self, spec: ToolSpec[Any, Any], args: dict[str, Any], **kw: Any) -> Envelope[Any]:
+        sess = self.session() if spec.needs_session or spec.session_arg is None else None
+        return invoke(spec, args, session=sess, models=self.models, mirror=self.mirror, **kw)
 
 
 def _signature(spec: ToolSpec[Any, Any]) -> inspect.Signature:
@@ -80,8 +83,7 @@ def _tool_handler(spec: ToolSpec[Any, Any], state: ServerState) -> Any:
             anyio.from_thread.run(ctx.report_progress, round(fraction * 100, 1), 100.0, message)
 
         def run() -> Envelope[Any]:
-            sess = state.session() if spec.needs_session or spec.session_arg is None else None
-            return invoke(spec, kwargs, session=sess, mirror=state.mirror, on_progress=progress)
+            return state.invoke(spec, kwargs, on_progress=progress)
 
         try:
             envelope = await anyio.to_thread.run_sync(run)
@@ -176,8 +178,7 @@ def build_server(mirror: Any | None = None) -> MCPServer:
 
         def work() -> None:
             try:
-                sess = state.session() if spec.needs_session or spec.session_arg is None else None
-                invoke(spec, args, session=sess, mirror=state.mirror, on_progress=progress, call_id=call_id)
+                state.invoke(spec, args, on_progress=progress, call_id=call_id)
                 job.status, job.fraction, job.message = "done", 1.0, "done"
             except ToolError as e:
                 job.status, job.error, job.message = "error", str(e), str(e)

@@ -11,13 +11,16 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from session.state import CallRecord, Session, current_session, home, load_session, now_iso
-from toolserver.registry import Envelope, Outcome, ToolError, ToolSpec
+from session.context import ToolContext
+from session.model_cache import ModelCache
+from session.state import CallRecord, Session, current_session, load_session
+from toolserver.contract import Envelope, Outcome, ToolError, ToolSpec, atomic_write, home, now_iso
 from web_mirror.events import Event
 
 log = logging.getLogger("trainspect")
@@ -66,6 +69,8 @@ class _Reporter:
             self._call.send("tool.progress", {"fraction": fraction, "message": message})
 
     def emit(self, type: str, data: dict[str, Any], text: str | None = None) -> None:
+        if not any(family.owns(type) for family in self._call.spec.live):
+            raise TypeError(f"tool {self._call.spec.name} emitted {type!r}, outside the live families it declares")
         self._call.send(type, data)
         if self._on_emit:
             self._on_emit(type, data, text)
@@ -100,12 +105,17 @@ def invoke(
     *,
     session: Session | None = None,
     session_id: str | None = None,
+    models: ModelCache | None = None,
     mirror: Any | None = None,
     on_progress: ProgressSink | None = None,
     on_emit: EmitSink | None = None,
     call_id: str | None = None,
 ) -> Envelope[Any]:
-    """Run one tool call end to end. Raises ToolError (one line + hint) on any failure."""
+    """Run one tool call end to end. Raises ToolError (one line + hint) on any failure.
+
+    `models` is the calling front door's model cache (the MCP server's lives as long as the server); without
+    one the call gets a cache of its own, dropped when it returns.
+    """
     inputs = validate_args(spec, args)
     if spec.session_arg:
         session_id = getattr(inputs, spec.session_arg)
@@ -116,7 +126,10 @@ def invoke(
     reporter = _Reporter(call, on_progress, on_emit)
     started = time.perf_counter()
     try:
-        outcome: Outcome[Any] = spec.run(sess, inputs, reporter)
+        outcome: Outcome[Any] = spec.run(ToolContext(sess, models or ModelCache()), inputs, reporter)
+        slim = spec.slim(outcome.result)
+        if not isinstance(slim, spec.slim_model):
+            raise TypeError(f"{spec.name}'s slim() returned {type(slim).__name__}, not its {spec.slim_model.__name__}")
     except ToolError as e:
         _fail(call, spec, sess, created_at, started, e)
         raise
@@ -144,7 +157,7 @@ def invoke(
             "tool": spec.name,
             "card": spec.card,
             "duration_s": envelope.duration_s,
-            "slim": spec.slim(outcome.result),
+            "slim": slim.model_dump(mode="json"),
             "findings": [f.model_dump() for f in outcome.findings],
             "result": full,
         },
@@ -193,9 +206,7 @@ def _created_session(spec: ToolSpec[Any, Any], session_id: str | None) -> Sessio
 def _store_result(call_id: str, full: dict[str, Any]) -> None:
     d = results_dir()
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{call_id}.tmp"
-    tmp.write_text(json.dumps(full))
-    tmp.replace(d / f"{call_id}.json")
+    atomic_write(d / f"{call_id}.json", json.dumps(full))
 
 
 def load_result(call_id: str) -> dict[str, Any]:

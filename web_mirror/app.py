@@ -24,14 +24,16 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
-from web_mirror.cards import fold_into, newest_first
-from web_mirror.events import EVENT_TYPE, Event
+from toolserver.contract import LiveFamily, MirrorContract, Severity
+from web_mirror.cards import Folder, newest_first
+from web_mirror.events import Event, event_type_pattern
 from web_mirror.store import SessionInfo, Store
 from web_mirror.wire import wire_value
 
 STATIC = Path(__file__).parent / "static"
+RENDERERS = STATIC / "cards"  # one <kind>.js per card kind
 MAX_BODY = 8 * 1024 * 1024  # a full weight-diff envelope of a large model is well under this
 MAX_BATCH = 1000
 MAX_DEPTH = 64  # nesting of an event's data: results are tables, never deep
@@ -53,13 +55,12 @@ def _not_too_deep(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-class IngestEvent(Event):
+class _IngestEvent(Event):
     """A mirror event as POSTed (web_mirror.events.Event, with the server's validation spelled out)."""
 
     model_config = ConfigDict(strict=True)  # no silent coercions: `"ts": false` is an error, not 1970
 
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="idempotency key: an event replayed with the same id is stored once", **_ID)
-    type: str = Field(pattern=EVENT_TYPE, max_length=100, description="tool.*, training.watch.* or simulate.*")
     session: str = Field(description="session the card belongs to", **_ID)
     call_id: str = Field(description="the card: a tool call id, or the run id of a training/simulation stream", **_ID)
     ts: float = Field(default_factory=time.time, allow_inf_nan=False, description="unix time the event happened")
@@ -67,7 +68,14 @@ class IngestEvent(Event):
         default_factory=dict, description=f"the event's payload (see web_mirror.events.Event), nested {MAX_DEPTH} levels at most")
 
 
-EventBatch = Annotated[list[IngestEvent], Field(min_length=1, max_length=MAX_BATCH)]
+def ingest_model(families: list[LiveFamily]) -> type[_IngestEvent]:
+    """The POSTed event, its `type` limited to tool.* and the declared live families (so the OpenAPI schema says so)."""
+    declared = ", ".join(f"{f.prefix}.*" for f in families) or "no live families"
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "IngestEvent", __base__=_IngestEvent, __doc__=_IngestEvent.__doc__,
+        type=(str, Field(pattern=event_type_pattern(f.prefix for f in families), max_length=100,
+                         description=f"tool.start|progress|result|error, or an event of a declared live family ({declared})")),
+    )
 
 
 class IngestReply(BaseModel):
@@ -81,16 +89,19 @@ class Progress(BaseModel):
     message: str | None
 
 
-class WatchState(BaseModel):
-    run: str | None
-    steps: list[dict[str, Any]] = Field(description=(
-        "step, loss, maxGrad, learning_rate of the kept step events (web_mirror.cards.MAX_POINTS at most, plus any "
-        "pinned beyond half of that), each with n (its ordinal among the run's step events) and signal (a signal fired at it)"))
-    signals: list[dict[str, Any]]
+class LiveState(BaseModel):
+    """The bounded live series of a card fed by a live family's events (see contract.LiveFamily)."""
+
+    family: str = Field(description="the family's prefix, e.g. training.watch")
+    label: str | None = Field(description="the stream's name (the family's label_key, e.g. the run)")
+    points: list[dict[str, Any]] = Field(description=(
+        "the family's fields of the kept point events (max_points at most, plus any pinned beyond half of that), "
+        "each with n (its ordinal among the stream's point events) and pinned (a marker sits on it)"))
+    markers: list[dict[str, Any]] = Field(description="marker events' payloads (e.g. signals), in arrival order")
     summary: Any
-    seen: int = Field(description="step events folded so far")
+    seen: int = Field(description="point events folded so far")
     stride: int = Field(description="unpinned points older than the latest are those whose n is a multiple of this")
-    pinned: int = Field(description="kept points marked by a signal")
+    pinned: int = Field(description="kept points a marker sits on")
 
 
 class Card(BaseModel):
@@ -98,7 +109,7 @@ class Card(BaseModel):
 
     call_id: str
     session: str
-    kind: str = Field(description="card renderer: weightDiff, watch, simulate, generic, …")
+    kind: str = Field(description="card kind: a registered tool's card (static/cards/<kind>.js draws it), else generic")
     tool: str | None
     status: Literal["running", "ok", "error"]
     first_seq: int
@@ -113,8 +124,8 @@ class Card(BaseModel):
     error: str | None
     hint: str | None
     has_result: bool = Field(description="the full result is at GET /api/calls/{call_id}")
-    watch: WatchState | None
-    extra: list[dict[str, Any]] = Field(description="latest events of families without a renderer")
+    live: LiveState | None
+    extra: list[dict[str, Any]] = Field(description="the latest other events of the card")
 
 
 class Cards(BaseModel):
@@ -125,6 +136,14 @@ class Cards(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class PageContract(BaseModel):
+    """What the page needs to draw cards: which kinds have a renderer module, and how live families fold."""
+
+    renderers: list[str] = Field(description="card kinds drawn by /static/cards/<kind>.js; others get the generic table")
+    families: list[LiveFamily]
+    severities: tuple[Severity, ...]
 
 
 _bearer = HTTPBearer(auto_error=False, description="the server's --token")
@@ -141,8 +160,9 @@ class _FoldedCards:
     """Each session's cards as folded so far, with the seq folded up to: a request folds only the events
     stored since the last one. Memory only: a restarted server folds the log afresh to the same cards."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, folder: Folder) -> None:
         self.store = store
+        self.folder = folder
         self._lock = threading.Lock()  # one fold at a time: requests run in a thread pool
         self._sessions: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}
 
@@ -152,7 +172,7 @@ class _FoldedCards:
             last_seq, cards = self._sessions.get(session_id, (0, {}))
             events = self.store.events(session_id, after=last_seq)
             if events:
-                fold_into(cards, events)
+                self.folder.fold_into(cards, events)
                 last_seq = events[-1].seq
                 self._sessions[session_id] = (last_seq, cards)
             return last_seq, [Card(**c) for c in newest_first(cards)]
@@ -169,12 +189,21 @@ class _Hub:
         old.set()
 
 
-def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY, hosts: list[str] | None = None) -> FastAPI:
-    """The app over the store in `home`. With `hosts`, requests naming any other Host get a 400: a page on
-    some other site cannot rebind its DNS name to 127.0.0.1 and read a tokenless mirror as same-origin."""
+def create_app(home: Path, *, contract: MirrorContract | None = None, token: str | None = None, max_body: int = MAX_BODY,
+               hosts: list[str] | None = None) -> FastAPI:
+    """The app over the store in `home`, for the tools `contract` describes (the front door that starts the mirror
+    passes the registry's; without one only tool.* events are accepted and every card is generic). With `hosts`,
+    requests naming any other Host get a 400: a page on some other site cannot rebind its DNS name to 127.0.0.1
+    and read a tokenless mirror as same-origin."""
+    contract = contract or MirrorContract()
     store = Store.in_home(home)
-    folded = _FoldedCards(store)
+    folded = _FoldedCards(store, Folder(contract.families))
     hub = _Hub()
+    page_contract = PageContract(renderers=[k for k in contract.cards if (RENDERERS / f"{k}.js").is_file()],
+                                 families=contract.families, severities=contract.severities)
+    ingest = ingest_model(contract.families)
+    # built per app (the accepted types depend on the contract), so given as an object, not a string annotation
+    body = Annotated[ingest | Annotated[list[ingest], Field(min_length=1, max_length=MAX_BATCH)], Body()]  # type: ignore[valid-type]
 
     def authorised(creds: Bearer, qtoken: QueryToken) -> None:
         given = creds.credentials if creds else qtoken
@@ -193,9 +222,7 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
     api = [Depends(authorised)] if token else []
     errors: dict[int | str, dict[str, Any]] = {401: {"model": Problem, "description": "missing or wrong token"}} if token else {}
 
-    @app.post("/api/events", dependencies=api, responses={
-        **errors, 400: {"model": Problem, "description": "the body could not be read"}, 413: _TOO_LARGE})
-    async def post_events(events: Annotated[IngestEvent | EventBatch, Body()]) -> IngestReply:
+    async def post_events(events: Any) -> IngestReply:
         """Store one event or an ordered batch; replays (same event_id) are ignored."""
         batch = events if isinstance(events, list) else [events]
         stored, duplicates = await run_in_threadpool(store.ingest, batch)
@@ -203,6 +230,15 @@ def create_app(home: Path, *, token: str | None = None, max_body: int = MAX_BODY
             hub.notify()
         last = stored[-1].seq if stored else await run_in_threadpool(store.last_seq)
         return IngestReply(accepted=len(stored), duplicates=duplicates, last_seq=last)
+
+    post_events.__annotations__ = {"events": body, "return": IngestReply}
+    app.post("/api/events", dependencies=api, responses={
+        **errors, 400: {"model": Problem, "description": "the body could not be read"}, 413: _TOO_LARGE})(post_events)
+
+    @app.get("/api/contract", dependencies=api, responses=errors)
+    async def page_contract_() -> PageContract:
+        """Card kinds with a renderer and the live families, as the registered tools declare them."""
+        return page_contract
 
     @app.get("/api/sessions", dependencies=api, responses=errors)
     async def list_sessions() -> list[SessionInfo]:

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import httpx
 
-from session.state import home
+from toolserver.contract import atomic_write, home, locked
 from web_mirror.events import Event
 from web_mirror.wire import dumps
 
@@ -98,7 +98,6 @@ class Spool:
         self.max_bytes = max_bytes
         self.path = directory / f"{key}.jsonl"
         self._offset = directory / f"{key}.offset"
-        self._lockfile = directory / f"{key}.lock"
         self.rejected = directory / f"{key}.rejected.jsonl"
 
     def maybe_pending(self) -> bool:
@@ -109,13 +108,8 @@ class Spool:
 
     @contextmanager
     def locked(self) -> Iterator["Spool"]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self._lockfile, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield self
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with locked(self.path):
+            yield self
 
     # the methods below expect the lock to be held
 
@@ -148,7 +142,7 @@ class Spool:
             self.path.write_bytes(b"")
             self._offset.unlink(missing_ok=True)
             return
-        _write_atomic(self._offset, str(offset).encode())
+        atomic_write(self._offset, str(offset).encode())
 
     def reject(self, line: bytes, reason: str) -> None:
         """Note a refused event in the dead-letter file: why, and which event (not its body, which may be huge)."""
@@ -162,7 +156,7 @@ class Spool:
         if self.rejected.stat().st_size > REJECTED_MAX:
             data = self.rejected.read_bytes()
             newer = data[len(data) // 2 :]
-            _write_atomic(self.rejected, newer[newer.find(b"\n") + 1 :])
+            atomic_write(self.rejected, newer[newer.find(b"\n") + 1 :])
 
     def _shrink(self) -> Dropped:
         """Rewrite the file as its pending lines minus the stalest calls, to fit SPOOL_KEEP of the bound."""
@@ -184,7 +178,7 @@ class Spool:
             total -= len(kept[first]) + 1
             first += 1
         dropped = Dropped(len(pending) - len(kept) + first, len(gone) + (first > 0), sum(len(line) + 1 for line in pending) - total)
-        _write_atomic(self.path, b"".join(line + b"\n" for line in kept[first:]))
+        atomic_write(self.path, b"".join(line + b"\n" for line in kept[first:]))
         self._offset.unlink(missing_ok=True)
         return dropped
 
@@ -342,12 +336,6 @@ def _call_of(line: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None  # a torn or foreign line: grouped with the other unreadable ones
     return call if isinstance(call, str) else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _batch(pending: list[tuple[bytes, int]], start: int) -> list[tuple[bytes, int]]:

@@ -1,19 +1,27 @@
 """The events the runner, the training emitters and the simulator send to the web mirror.
 
-Every event belongs to a session and to a card: `call_id` is the tool call's id, or for
-`training.watch.*` / `simulate.*` families the run id that groups them into one card.
+Every event belongs to a session and to a card: `call_id` is the tool call's id, or for a live family's
+events (contract.LiveFamily, e.g. `training.watch.*`) the run id that groups them into one card.
 `event_id` is the idempotency key: a replayed event is stored once.
 """
+
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-# the event types the mirror accepts: the runner's tool.* events and the training/simulation families
-EVENT_TYPE = r"^(tool\.(start|progress|result|error)|training\.watch\..+|simulate\..+)$"
+TOOL_EVENT_TYPE = r"tool\.(start|progress|result|error)"
+
+
+def event_type_pattern(prefixes: Iterable[str]) -> str:
+    """The event types a mirror accepts: the runner's tool.* events and the declared live families'."""
+    families = "|".join(re.escape(p) + r"\.[a-z0-9_.]+" for p in sorted(prefixes))
+    return rf"^({TOOL_EVENT_TYPE}{'|' + families if families else ''})$"
 
 
 class Event(BaseModel):
@@ -27,7 +35,7 @@ class Event(BaseModel):
     training.watch.step    {run, snapshot}  (a StepSnapshot as a dict)
     training.watch.signal  {run, signal}
     training.watch.summary {run, summary}
-    simulate.*             {run, ...}
+    (any declared family)  {run, ...}
     """
 
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=200)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import uvicorn
 
-from session.state import home as default_home
-from toolserver.registry import ToolError
+from toolserver.contract import MirrorContract, ToolError
+from toolserver.contract import home as default_home
 from web_mirror.app import create_app
 
 
@@ -25,13 +25,14 @@ def loopback_hosts(host: str) -> list[str]:
     return sorted({"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host})
 
 
-def serve(host: str = "127.0.0.1", port: int = 8002, token: str | None = None, home: Path | None = None) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8002, token: str | None = None, home: Path | None = None,
+          contract: MirrorContract | None = None) -> None:
     """Serve until interrupted. Binding a non-loopback address needs a token, which every API call must then
     carry; without one, only requests addressed to a loopback name are answered (no DNS rebinding)."""
     if not is_loopback(host) and not token:
         raise ToolError(f"refusing to bind {host} without a token", "pass --token T (clients send it as a Bearer token), or bind 127.0.0.1")
     root = home or default_home()
-    app = create_app(root, token=token or None, hosts=None if token else loopback_hosts(host))
+    app = create_app(root, contract=contract, token=token or None, hosts=None if token else loopback_hosts(host))
     print(f"trainspect web mirror on http://{host}:{port}  (data in {root})", flush=True)
     # a page holding its event stream open must not keep the server from stopping
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)

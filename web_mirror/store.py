@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError
 from web_mirror.events import Event
 from web_mirror.wire import dumps, wire_value
 

@@ -29,8 +29,7 @@ import torch
 from pydantic import BaseModel, Field, ValidationError
 from torch import nn
 
-from session.state import now_iso
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError, atomic_write, now_iso
 
 SCHEMA_VERSION = "trainspect.analysis.v1"
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -288,10 +287,7 @@ class AnalysisRecorder:
         """Write-then-rename: a dashboard polling the folder never reads half a file."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"analysis_{checkpoint.step:08d}.json"
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".analysis.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(checkpoint.model_dump_json(exclude_none=True))
-        os.replace(tmp, path)
+        atomic_write(path, checkpoint.model_dump_json(exclude_none=True))
         self.written.append(path)
         return path
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from tools.watch.analysis_checkpoint import AnalysisConfig, AnalysisRecorder, scheduled
 from tools.watch.engine import EngineConfig, SignalEngine
-from tools.watch.snapshot import Signal, StepSnapshot
+from tools.watch.snapshot import WATCH_EVENTS, Signal, StepSnapshot
 from tools.watch.watcher import RunSummary, default_run_name
 
 log = logging.getLogger("trainspect.watch")
@@ -243,9 +243,9 @@ class StepLogger:
         if self.file is not None:
             self.file.write(snap)
         if self.mirror is not None:
-            self.mirror.send("training.watch.step", "snapshot", snap.wire, droppable=True)
+            self.mirror.send(WATCH_EVENTS.type("step"), "snapshot", snap.wire, droppable=True)
             for s in signals:
-                self.mirror.send("training.watch.signal", "signal", partial(s.model_dump, mode="json"), droppable=False)
+                self.mirror.send(WATCH_EVENTS.type("signal"), "signal", partial(s.model_dump, mode="json"), droppable=False)
         return signals
 
     def close(self) -> None:
@@ -253,7 +253,7 @@ class StepLogger:
             self.file.close()
             self.file = None
         if self.mirror is not None:
-            self.mirror.send("training.watch.summary", "summary", partial(self.summary.model_dump, mode="json"), droppable=False)
+            self.mirror.send(WATCH_EVENTS.type("summary"), "summary", partial(self.summary.model_dump, mode="json"), droppable=False)
             self.mirror.close()
             self.mirror = None
 

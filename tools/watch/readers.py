@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from toolserver.registry import ToolError
+from toolserver.contract import ToolError
 from tools.watch.snapshot import LOSS_KEYS, StepSnapshot
 
 Format = Literal["jsonl", "trainer_state", "csv"]

@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-Severity = Literal["info", "warn", "critical"]
-SEVERITY_RANK: dict[str, int] = {"critical": 0, "warn": 1, "info": 2}
+from toolserver.contract import SEVERITY_RANK, LiveFamily, Severity
+
+# the live events of a training run (StepLogger, the HF callback, `watch --follow`) and of its card
+WATCH_EVENTS = LiveFamily(prefix="training.watch", card="watch", fields=("step", "loss", "maxGrad", "learning_rate"))
 
 SignalType = Literal[
     "loss_nonfinite", "loss_diverging", "gradient_spike", "attention_head_dead", "dead_layers", "loss_plateau"

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from session.state import home
+from toolserver.contract import atomic_write, home
 from tools.watch.engine import EngineConfig, SignalEngine
 from tools.watch.readers import BadLine, Format, ReadBatch, open_reader
 from tools.watch.snapshot import Signal, StepSnapshot
@@ -239,7 +239,4 @@ def load_state(path: Path, fmt: Format, config: EngineConfig) -> tuple[dict[str,
 def save_state(watcher: RunWatcher) -> None:
     f = state_file(watcher.path)
     f.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=f.parent, prefix=f".{f.stem}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as out:
-        json.dump(watcher.state(), out)
-    os.replace(tmp, f)
+    atomic_write(f, json.dumps(watcher.state()))

@@ -15,7 +15,7 @@ import torch
 
 from session.checkpoint_lora import LoraPair
 from session.checkpoints import Alignment, CheckpointReader
-from toolserver.registry import Reporter
+from toolserver.contract import Reporter
 from tools.weight_diff.layout import MATRIX_ORDER, Part, place
 from tools.weight_diff.models import MatrixRow, TensorRow, TopChange, Totals
 from tools.weight_diff.spectral import Spectrum, dense_spectrum, lowrank_spectrum

@@ -76,3 +76,41 @@ class WeightDiffResult(BaseModel):
     other: list[TensorRow] = Field(description="matrices outside the layers (pooler, heads)")
     top_changed: list[TopChange]
     totals: Totals
+
+
+class LayerCells(BaseModel):
+    layer: int
+    fro: dict[str, float | None] = Field(description="matrix type -> ‖ΔW‖_F (fused parts combined)")
+    stable_rank: dict[str, float | None] = Field(description="matrix type -> the largest stable rank among its parts")
+
+
+class TopCell(BaseModel):
+    label: str
+    rel_delta: float | None
+    stable_rank: float | None
+
+
+class EmbeddingCell(BaseModel):
+    key: str
+    rel_delta: float | None
+
+
+class TotalsCell(BaseModel):
+    tensors_compared: int
+    unchanged: int
+    rel_delta: float | None
+
+
+class WeightDiffCard(BaseModel):
+    """The weightDiff card: per-layer ‖ΔW‖ bars by matrix type, a stable-rank column, the top changes."""
+
+    name: str
+    mode: Literal["full", "lora"]
+    step: int | None
+    n_layers: int
+    matrix_types: list[str]
+    layers: list[LayerCells]
+    top_changed: list[TopCell]
+    embeddings: list[EmbeddingCell]
+    norms_changed: int
+    totals: TotalsCell

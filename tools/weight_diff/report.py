@@ -5,11 +5,18 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from pydantic import ValidationError
-
-from toolserver.registry import Finding, FollowUp, get_tool
+from toolserver.contract import Finding, FollowUp
 from tools.weight_diff.layout import MATRIX_ORDER
-from tools.weight_diff.models import MatrixRow, TensorRow, WeightDiffResult
+from tools.weight_diff.models import (
+    EmbeddingCell,
+    LayerCells,
+    MatrixRow,
+    TensorRow,
+    TopCell,
+    TotalsCell,
+    WeightDiffCard,
+    WeightDiffResult,
+)
 
 LOW_RANK = 2.0  # stable rank at or below this: the update lives in one or two directions
 _SLIM_TOP = 5
@@ -87,50 +94,32 @@ def _embeddings_and_norms(res: WeightDiffResult) -> str:
 
 
 def follow_ups(res: WeightDiffResult) -> list[FollowUp]:
-    """Next calls, only for tools that are registered now and accept these arguments."""
-    ranked = sorted((r for r in res.rows if r.rel_delta), key=lambda r: r.rel_delta or 0.0, reverse=True)
-    layer = ranked[0].layer if ranked else None
-    candidates = [
-        ("run_residual_drift", {"checkpoint": res.checkpoint},
-         f"check whether the weight change moves activations (layer {layer} changed most)"),
-        ("run_sae_diff", {"checkpoint": res.checkpoint, **({"layer": layer} if layer is not None else {})},
-         f"see which features changed at layer {layer}"),
-    ]
-    if res.mode == "lora":
-        candidates.append(("run_merge_analysis", {"checkpoint": res.checkpoint}, "gate the adapter before merging it"))
-    return [FollowUp(tool=name, args=args, why=why) for name, args, why in candidates if _accepts(name, args)]
-
-
-def _accepts(tool: str, args: dict[str, Any]) -> bool:
-    try:
-        get_tool(tool).input_model.model_validate(args)
-    except (KeyError, ValidationError):
-        return False
-    return True
+    """Next calls (tests check every one against the registry and the tool's input model)."""
+    return []
 
 
 def _r(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.4g}")
 
 
-def slim(res: WeightDiffResult) -> dict[str, Any]:
+def slim(res: WeightDiffResult) -> WeightDiffCard:
     """The card: per-layer ‖ΔW‖ bars by matrix type, a stable-rank column, the top changes."""
     types = [m for m in MATRIX_ORDER if any(r.matrix == m for r in res.rows)]
-    layers: dict[int, dict[str, dict[str, float | None]]] = defaultdict(lambda: {"fro": {}, "stable_rank": {}})
+    layers: dict[int, LayerCells] = {}
     for r in res.rows:
-        cell = layers[r.layer]
-        cell["fro"][r.matrix] = _r(((cell["fro"].get(r.matrix) or 0.0) ** 2 + r.fro_delta**2) ** 0.5)
-        cell["stable_rank"][r.matrix] = _r(max(cell["stable_rank"].get(r.matrix) or 0.0, r.stable_rank or 0.0))
-    return {
-        "name": res.name, "mode": res.mode, "step": res.step, "n_layers": res.n_layers, "matrix_types": types,
-        "layers": [{"layer": layer, **cells} for layer, cells in sorted(layers.items())],
-        "top_changed": [{"label": t.label, "rel_delta": _r(t.rel_delta), "stable_rank": _r(t.stable_rank)}
-                        for t in res.top_changed[:_SLIM_TOP]],
-        "embeddings": [{"key": e.key, "rel_delta": _r(e.rel_delta)} for e in res.embeddings],
-        "norms_changed": sum(n.fro_delta > 0 for n in res.norms),
-        "totals": {"tensors_compared": res.totals.tensors_compared, "unchanged": res.totals.unchanged,
-                   "rel_delta": _r(res.totals.rel_delta)},
-    }
+        cell = layers.setdefault(r.layer, LayerCells(layer=r.layer, fro={}, stable_rank={}))
+        cell.fro[r.matrix] = _r(((cell.fro.get(r.matrix) or 0.0) ** 2 + r.fro_delta**2) ** 0.5)
+        cell.stable_rank[r.matrix] = _r(max(cell.stable_rank.get(r.matrix) or 0.0, r.stable_rank or 0.0))
+    return WeightDiffCard(
+        name=res.name, mode=res.mode, step=res.step, n_layers=res.n_layers, matrix_types=types,
+        layers=[layers[k] for k in sorted(layers)],
+        top_changed=[TopCell(label=t.label, rel_delta=_r(t.rel_delta), stable_rank=_r(t.stable_rank))
+                     for t in res.top_changed[:_SLIM_TOP]],
+        embeddings=[EmbeddingCell(key=e.key, rel_delta=_r(e.rel_delta)) for e in res.embeddings],
+        norms_changed=sum(n.fro_delta > 0 for n in res.norms),
+        totals=TotalsCell(tensors_compared=res.totals.tensors_compared, unchanged=res.totals.unchanged,
+                          rel_delta=_r(res.totals.rel_delta)),
+    )
 
 
 def _tensor_lines(rows: list[TensorRow]) -> list[str]:

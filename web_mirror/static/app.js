@@ -1,15 +1,15 @@
 // The page: session list on the left, the chosen session's cards (newest first) on the right, kept live
 // by the session's SSE stream. The snapshot's last_seq is where the stream starts; EventSource resends
 // Last-Event-ID when it reconnects, so a dropped connection misses nothing.
-import { createCard, updateCard } from "./cards.js";
-import { clock, el, replace } from "./dom.js";
-import { applyEvent, newCard } from "./fold.js";
+import { createCard, loadRenderers, updateCard } from "./cards.js";
+import { clock, el, replace, setSeverities } from "./dom.js";
+import { makeFolder } from "./fold.js";
 
 const TOKEN_KEY = "trainspect-mirror-token";
 const RECONNECT_MS = 1000;
 const $ = (id) => document.getElementById(id);
 
-const state = { sessions: [], current: null, cards: new Map(), nodes: new Map(), lastSeq: 0, stream: null, dirty: new Set(), frame: 0 };
+const state = { sessions: [], current: null, cards: new Map(), nodes: new Map(), lastSeq: 0, stream: null, dirty: new Set(), frame: 0, folder: null };
 
 const api = {
   token: null,
@@ -143,10 +143,10 @@ function receive(ev) {
   state.lastSeq = ev.seq;
   let card = state.cards.get(ev.call_id);
   if (!card) {
-    card = newCard(ev);
+    card = state.folder.newCard(ev);
     state.cards.set(ev.call_id, card);
   }
-  applyEvent(card, ev);
+  state.folder.applyEvent(card, ev);
   state.dirty.add(ev.call_id);
 }
 
@@ -174,7 +174,25 @@ function flush() {
   }
 }
 
+// What the registered tools declare: renderer modules to load and live families to fold. Retried until the
+// mirror answers (the page may open before it is up).
+async function start() {
+  for (;;) {
+    try {
+      const contract = await api.json("/api/contract");
+      await loadRenderers(contract.renderers);
+      state.folder = makeFolder(contract.families);
+      setSeverities(contract.severities);
+      break;
+    } catch (e) {
+      setConnection(`mirror unreachable (${e.message})`, "down");
+      await new Promise((r) => setTimeout(r, RECONNECT_MS));
+    }
+  }
+  refreshSessions();
+  setInterval(refreshSessions, 3000);
+  window.addEventListener("hashchange", refreshSessions);
+}
+
 initToken();
-refreshSessions();
-setInterval(refreshSessions, 3000);
-window.addEventListener("hashchange", refreshSessions);
+start();

@@ -1,10 +1,23 @@
 // One card per call: a shell (title, status, collapsible sync row, progress, findings) and a body drawn
-// by the renderer for its kind, or by the generic table renderer for kinds without one yet.
+// by the renderer for its kind (cards/<kind>.js, one per registered card kind, found from /api/contract),
+// or by the generic table renderer for kinds without one.
 import { clock, el, isObject, kvTable, replace, seconds, truncate, valueNode } from "./dom.js";
-import { renderWatch } from "./watch.js";
-import { renderWeightDiff } from "./weight_diff.js";
 
-const RENDERERS = { weightDiff: renderWeightDiff, watch: renderWatch };
+const RENDERERS = {};
+const KIND = /^[A-Za-z][A-Za-z0-9_]*$/;
+
+// Import the renderer module of every kind the server lists; a module that fails to load leaves its kind generic.
+export async function loadRenderers(kinds) {
+  await Promise.all(kinds.filter((k) => KIND.test(k)).map(async (kind) => {
+    try {
+      const mod = await import(`./cards/${kind}.js`);
+      if (typeof mod.render === "function") RENDERERS[kind] = mod.render;
+      else console.error(`cards/${kind}.js exports no render(card, charts)`);
+    } catch (e) {
+      console.error(`renderer for ${kind} failed to load; its cards use the generic view`, e);
+    }
+  }));
+}
 
 function basename(p) {
   return typeof p === "string" ? p.replace(/[/\\]+$/, "").split(/[/\\]/).pop() : null;
@@ -12,7 +25,7 @@ function basename(p) {
 
 function title(card) {
   const a = card.args || {};
-  const label = (typeof a.name === "string" && a.name) || basename(a.checkpoint) || (card.watch && card.watch.run) || (typeof a.run === "string" && a.run) || null;
+  const label = (typeof a.name === "string" && a.name) || basename(a.checkpoint) || (card.live && card.live.label) || (typeof a.run === "string" && a.run) || null;
   return { tool: card.tool || card.kind, label };
 }
 
@@ -47,6 +60,7 @@ export function updateCard(node, card, api) {
   node._card = card;
   node.dataset.status = card.status;
   node.dataset.kind = card.kind;
+  node.dataset.renderer = RENDERERS[card.kind] && (card.slim !== null || card.live) ? card.kind : "generic";
   const t = title(card);
   replace(p.kind, card.kind);
   replace(p.tool, t.tool);
@@ -85,15 +99,15 @@ export function updateCard(node, card, api) {
 }
 
 function bodyVersion(card) {
-  const w = card.watch;
-  return [card.kind, card.status, card.slim === null ? 0 : 1, w ? w.steps.length : 0, w ? w.signals.length : 0, w && w.summary ? 1 : 0, card.extra.length].join(",");
+  const l = card.live;
+  return [card.kind, card.status, card.slim === null ? 0 : 1, l ? l.seen : 0, l ? l.markers.length : 0, l && l.summary ? 1 : 0, card.extra.length].join(",");
 }
 
 const syncVersion = (card) => `${card.status}|${card.has_result}|${card.args ? 1 : 0}`;
 
 function renderBody(card, charts) {
   const render = RENDERERS[card.kind];
-  if (render && (card.slim !== null || card.watch)) {
+  if (render && (card.slim !== null || card.live)) {
     try {
       return render(card, charts);
     } catch (e) {
@@ -107,7 +121,7 @@ function renderBody(card, charts) {
 export function renderGeneric(card) {
   const parts = [];
   if (card.slim !== null) parts.push(el("div", { class: "generic" }, valueNode(card.slim)));
-  if (card.watch) parts.push(el("div", { class: "generic" }, kvTable({ run: card.watch.run, steps: card.watch.steps.length, signals: card.watch.signals, summary: card.watch.summary })));
+  if (card.live) parts.push(el("div", { class: "generic" }, kvTable({ stream: card.live.label, family: card.live.family, points: card.live.seen, markers: card.live.markers, summary: card.live.summary })));
   if (card.extra.length) {
     parts.push(el("ol", { class: "extra" }, card.extra.slice(-12).reverse().map((e) =>
       el("li", {}, el("div", { class: "extra-head" }, el("code", {}, e.type), el("span", { class: "muted" }, clock(e.ts))), isObject(e.data) ? kvTable(e.data, 1) : valueNode(e.data)))));

@@ -107,3 +107,10 @@ function more(n) {
 export function truncate(s, n) {
   return s.length > n ? `${s.slice(0, n - 1)}…` : s;
 }
+
+// The one severity order (most severe first), as the contract states it: app.js sets it from /api/contract.
+let severities = [];
+export function setSeverities(order) {
+  severities = Array.isArray(order) ? order.filter((s) => typeof s === "string") : [];
+}
+export const severityRank = (s) => (severities.includes(s) ? severities.indexOf(s) : severities.length);

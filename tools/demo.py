@@ -1,8 +1,8 @@
-"""`make demo`: the main job end to end on a tiny bundled model.
+"""`make demo` (`python -m tools.demo`): the main job end to end on tiny models built on the spot.
 
-Builds a tiny GPT-2-style base, a real full fine-tune and a real LoRA adapter, starts the web mirror in
-the background (or reuses one already serving), starts a session, runs weight-diff on both checkpoints
-and watch on a real training log, printing readable tables — the same cards appear in the page.
+Builds a tiny GPT-2-style base, a real full fine-tune and a real LoRA adapter, records a real training log,
+starts the web mirror in the background (or reuses one already serving), then runs every tool through the
+`trainspect` CLI exactly as a user types it, printing its readable tables — the same cards appear in the page.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def start_mirror(home: Path) -> None:
 
 
 def build_models() -> tuple[Path, Path, Path]:
-    from toolserver.tiny_models import build_base, finetune, lora_finetune
+    from tools.fixtures.tiny_models import build_base, finetune, lora_finetune
 
     base = DEMO / "models" / "tiny-gpt2"
     full = DEMO / "checkpoints" / "step_40.pt"
@@ -67,7 +67,7 @@ def record_training_log(base: Path, steps: int = 240, ramp_from: int = 100, ramp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolserver.tiny_models import CORPUS
+    from tools.fixtures.tiny_models import CORPUS
     from tools.watch import StepLogger
 
     path = DEMO / "run" / "metrics.jsonl"
@@ -104,8 +104,6 @@ def main() -> None:
     metrics = record_training_log(base)
     start_mirror(home)
 
-    from toolserver.cli import main as cli
-
     steps = [
         ["session", "start", "--id", "demo", "--model", str(base)],
         ["weight-diff", "--checkpoint", str(full), "--name", "full-ft"],
@@ -114,8 +112,8 @@ def main() -> None:
         ["session", "status"],
     ]
     for argv in steps:
-        print(f"\n$ trainspect {' '.join(argv)}")
-        code = cli(argv)
+        print(f"\n$ trainspect {' '.join(argv)}", flush=True)
+        code = subprocess.run([sys.executable, "-m", "toolserver.cli", *argv]).returncode
         if code != 0:
             raise SystemExit(code)
     print(f"\nweb mirror: {URL}  (session 'demo'; stop it with: kill $(cat {DEMO / 'web.pid'}))")

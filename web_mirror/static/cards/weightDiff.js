@@ -1,7 +1,7 @@
-// The weightDiff card, drawn from exactly what tools/weight_diff/report.py:slim() sends:
+// The weightDiff card, drawn from its slim model (tools/weight_diff/models.py: WeightDiffCard):
 // {name, mode, step, n_layers, matrix_types, layers: [{layer, fro: {type: ‖ΔW‖_F}, stable_rank: {type: r}}],
 //  top_changed: [{label, rel_delta, stable_rank}], embeddings: [{key, rel_delta}], norms_changed, totals}.
-import { el, fmt, isObject } from "./dom.js";
+import { el, fmt, isObject } from "../dom.js";
 
 // one colour per matrix type, stable across cards (attention blues, MLP greens)
 const COLOURS = { Q: "#1d4ed8", K: "#3b82f6", V: "#93c5fd", QKV: "#2563eb", O: "#6366f1", "MLP gate": "#047857", "MLP in": "#10b981", "MLP out": "#6ee7b7", other: "#9ca3af" };
@@ -76,7 +76,7 @@ function topTable(top) {
       el("tbody", {}, top.filter(isObject).map((t) => el("tr", {}, el("td", {}, String(t.label ?? "")), el("td", { class: "num" }, fmt(t.rel_delta)), el("td", { class: "num" }, fmt(t.stable_rank)))))));
 }
 
-export function renderWeightDiff(card, charts) {
+export function render(card, charts) {
   const s = card.slim;
   if (!isObject(s) || !Array.isArray(s.layers)) throw new Error("not a weightDiff slim payload");
   const rows = layerRows(s);

@@ -1,25 +1,25 @@
 // The watch card: loss and max-grad sparklines with a marker where each signal fired, then the signal
-// feed, most severe first. Live step/signal events draw it while the run streams; the tool's final slim
-// payload (downsampled series, ranked signals, summary) takes over when it arrives.
-import { el, fmt, isObject, kvTable, toNumber } from "./dom.js";
-import { sparkline } from "./sparkline.js";
+// feed, most severe first. The live series (training.watch.* events: points and signal markers) draws it
+// while the run streams; the tool's slim model (tools/watch/models.py: WatchCard — downsampled series,
+// ranked signals, summary) takes over when it arrives.
+import { el, fmt, isObject, kvTable, severityRank, toNumber } from "../dom.js";
+import { sparkline } from "../sparkline.js";
 
-const RANK = { critical: 0, warn: 1, info: 2 };
 const GRAD_SIGNALS = new Set(["gradient_spike"]);
 const SUMMARY_KEYS = ["steps_seen", "first_step", "last_step", "loss_first", "loss_last", "loss_min", "nonfinite_losses", "max_grad_max", "max_grad_max_step", "layers_reported", "bad_lines", "skipped_rows", "out_of_order"];
 
 function series(card) {
   const s = isObject(card.slim) && isObject(card.slim.series) ? card.slim.series : null;
   if (s && Array.isArray(s.step)) return { step: s.step, loss: s.loss || [], maxGrad: s.maxGrad || [] };
-  const steps = card.watch ? card.watch.steps : [];
-  return { step: steps.map((r) => r.step), loss: steps.map((r) => r.loss), maxGrad: steps.map((r) => r.maxGrad) };
+  const points = card.live ? card.live.points : [];
+  return { step: points.map((r) => r.step), loss: points.map((r) => r.loss), maxGrad: points.map((r) => r.maxGrad) };
 }
 
 function signals(card) {
-  const all = [...(card.watch ? card.watch.signals : []), ...(isObject(card.slim) && Array.isArray(card.slim.signals) ? card.slim.signals : [])];
+  const all = [...(card.live ? card.live.markers : []), ...(isObject(card.slim) && Array.isArray(card.slim.signals) ? card.slim.signals : [])];
   const seen = new Map();
   for (const s of all) if (isObject(s)) seen.set(`${s.type}|${s.step}|${s.metric}`, s);
-  return [...seen.values()].sort((a, b) => (RANK[a.severity] ?? 3) - (RANK[b.severity] ?? 3) || toNumber(a.step) - toNumber(b.step));
+  return [...seen.values()].sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || toNumber(a.step) - toNumber(b.step));
 }
 
 function last(values) {
@@ -33,11 +33,11 @@ function sparkRow(name, xs, ys, markers) {
     sparkline(xs, ys, markers, { label: name }));
 }
 
-export function renderWatch(card) {
+export function render(card) {
   const s = series(card);
   const sig = signals(card);
   const marker = (x) => ({ x: x.step, severity: x.severity, label: `${x.severity} ${x.type} at step ${x.step}: ${x.message}` });
-  const summary = (isObject(card.slim) && isObject(card.slim.summary) && card.slim.summary) || (card.watch && isObject(card.watch.summary) && card.watch.summary) || null;
+  const summary = (isObject(card.slim) && isObject(card.slim.summary) && card.slim.summary) || (card.live && isObject(card.live.summary) && card.live.summary) || null;
   const counts = summary && isObject(summary.signals_by_severity) ? summary.signals_by_severity : null;
   return el("div", { class: "watch" },
     el("div", { class: "sparks" },

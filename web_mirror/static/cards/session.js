@@ -1,0 +1,13 @@
+// The session card (start_session, session_status), from its slim model (tools/session/models.py: SessionCard).
+import { el, fmt, isObject } from "../dom.js";
+
+export function render(card) {
+  const s = card.slim;
+  if (!isObject(s)) throw new Error("not a session slim payload");
+  const rows = [
+    ["session", s.id], ["model", s.model], ["kind", s.kind], ["layers", s.n_layers], ["d_model", s.d_model],
+    ["SAE", s.sae ? `${s.sae} (${s.sae_hook ?? "?"})` : "none"], ["calls", s.calls],
+    ["model in memory", s.model_in_memory ? "yes" : "no"],
+  ];
+  return el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, typeof v === "number" ? fmt(v) : String(v ?? "—"))]));
+}
