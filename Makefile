@@ -21,6 +21,8 @@ demo: setup
 	$(BIN)/python -m tools.demo
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: setup

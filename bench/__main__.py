@@ -1,4 +1,5 @@
 """`make bench`: every benchmark in turn, each printing its figures against a baseline from the same run."""
+
 from __future__ import annotations
 
 import importlib

@@ -10,12 +10,15 @@
 3. The size of one analysis checkpoint for a 0.5B-parameter (Qwen2-0.5B-shaped) model, built one
    tensor at a time from random tensors of the real shapes.
 """
+
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tools.watch.engine import EngineConfig, SignalEngine
 from tools.watch.snapshot import Signal, StepSnapshot
@@ -40,11 +43,29 @@ class FullHistoryEngine:
     def _ready(self, kind: str, step: int) -> bool:
         return kind not in self.last_fired or step - self.last_fired[kind] >= self.config.cooldown_steps
 
-    def _fire(self, out: list[Signal], kind: str, severity: str, step: int, value: float | None,
-              threshold: float | None, layers: list[str] | None = None) -> None:
+    def _fire(
+        self,
+        out: list[Signal],
+        kind: str,
+        severity: str,
+        step: int,
+        value: float | None,
+        threshold: float | None,
+        layers: list[str] | None = None,
+    ) -> None:
         self.last_fired[kind] = step
-        out.append(Signal(type=kind, severity=severity, step=step, metric="-", value=value,  # type: ignore[arg-type]
-                          threshold=threshold, layers=layers or [], message="-"))
+        out.append(
+            Signal(
+                type=kind,
+                severity=severity,
+                step=step,
+                metric="-",
+                value=value,  # type: ignore[arg-type]
+                threshold=threshold,
+                layers=layers or [],
+                message="-",
+            )
+        )
 
     def observe(self, snap: StepSnapshot) -> list[Signal]:
         cfg, step = self.config, snap.step
@@ -61,24 +82,36 @@ class FullHistoryEngine:
                     since_nonfinite.append(s.loss)
                 else:
                     since_nonfinite.clear()
-            tail = since_nonfinite[-cfg.diverge_window:]
-            rising = len(tail) == cfg.diverge_window and all(b >= a for a, b in zip(tail, tail[1:]))
+            tail = since_nonfinite[-cfg.diverge_window :]
+            rising = len(tail) == cfg.diverge_window and all(b >= a for a, b in itertools.pairwise(tail))
             if rising and tail[-1] - tail[0] > 0 and self._ready("loss_diverging", step):
                 rise = tail[-1] - tail[0]
                 crit = rise > cfg.diverge_critical_rise
-                self._fire(out, "loss_diverging", "critical" if crit else "warn", step, rise,
-                           cfg.diverge_critical_rise if crit else 0.0)
+                self._fire(
+                    out,
+                    "loss_diverging",
+                    "critical" if crit else "warn",
+                    step,
+                    rise,
+                    cfg.diverge_critical_rise if crit else 0.0,
+                )
         g = snap.max_grad
         if g is not None and math.isfinite(g):
             prev = [s.max_grad for s in self.history[:-1] if s.max_grad is not None and math.isfinite(s.max_grad)]
-            prev = prev[-cfg.spike_window:]
+            prev = prev[-cfg.spike_window :]
             if len(prev) == cfg.spike_window:
                 base = sum(prev) / len(prev)
                 ratio = g / base if base > 0 else math.inf
                 if ratio > cfg.spike_ratio and g > cfg.spike_min_grad and self._ready("gradient_spike", step):
                     crit = ratio > cfg.spike_critical_ratio
-                    self._fire(out, "gradient_spike", "critical" if crit else "warn", step, g,
-                               (cfg.spike_critical_ratio if crit else cfg.spike_ratio) * base)
+                    self._fire(
+                        out,
+                        "gradient_spike",
+                        "critical" if crit else "warn",
+                        step,
+                        g,
+                        (cfg.spike_critical_ratio if crit else cfg.spike_ratio) * base,
+                    )
         for name, norm in (snap.grad_norms or {}).items():
             streaks = self.attn_streaks if self._attn.search(name) else self.layer_streaks
             if norm < cfg.dead_grad_norm:
@@ -89,9 +122,16 @@ class FullHistoryEngine:
             dead = sorted(n for n, c in streaks.items() if c >= cfg.dead_streak)
             if dead and self._ready(kind, step):
                 norms = snap.grad_norms or {}
-                self._fire(out, kind, "warn", step, max((norms[n] for n in dead if n in norms), default=0.0),
-                           cfg.dead_grad_norm, dead)
-        window = finite[-cfg.plateau_window:]
+                self._fire(
+                    out,
+                    kind,
+                    "warn",
+                    step,
+                    max((norms[n] for n in dead if n in norms), default=0.0),
+                    cfg.dead_grad_norm,
+                    dead,
+                )
+        window = finite[-cfg.plateau_window :]
         if math.isfinite(snap.loss) and len(window) == cfg.plateau_window:
             mean = math.fsum(window) / len(window)
             var = math.fsum((x - mean) ** 2 for x in window) / len(window)
@@ -111,9 +151,17 @@ def synthetic_snapshots(n: int, start: int = 0, seed: int = 0, layers: int = LAY
     for step in range(start, start + n):
         norms = dead[step % 7] if step % 5000 < 400 else healthy[step % 97]
         spike = 40.0 if step % 997 == 0 else 1.0
-        out.append(StepSnapshot.model_construct(
-            step=step, loss=2.0 + 1.0 / (1 + step / 1000) + rng.gauss(0, 0.05), learning_rate=1e-4,
-            max_grad=rng.uniform(0.5, 1.5) * spike, grad_norms=norms, dead_layers=None, epoch=step / 10000))
+        out.append(
+            StepSnapshot.model_construct(
+                step=step,
+                loss=2.0 + 1.0 / (1 + step / 1000) + rng.gauss(0, 0.05),
+                learning_rate=1e-4,
+                max_grad=rng.uniform(0.5, 1.5) * spike,
+                grad_norms=norms,
+                dead_layers=None,
+                epoch=step / 10000,
+            )
+        )
     return out
 
 
@@ -136,19 +184,37 @@ def engine_throughput() -> None:
         done += n
         if done in (1_000, 100_000, 1_000_000):
             marks[done] = dt / n
-            print(f"  incremental   at {done:>9,} steps: {dt / n * 1e6:6.2f} µs/step ({n / dt:>9,.0f} steps/s over the last {n:,})", flush=True)
+            print(
+                f"  incremental   at {done:>9,} steps: {dt / n * 1e6:6.2f} µs/step ({n / dt:>9,.0f} steps/s over the "
+                f"last {n:,})",
+                flush=True,
+            )
     print(f"  incremental   1M steps in {total_time:.2f} s: {1_000_000 / total_time:,.0f} steps/s, {fired:,} signals")
     for size in (1_000, 100_000):
         full = FullHistoryEngine()
         light = synthetic_snapshots(size - 100)
-        full.history = [StepSnapshot.model_construct(step=s.step, loss=s.loss, max_grad=s.max_grad, grad_norms=None,
-                                                     learning_rate=None, dead_layers=None, epoch=None) for s in light]
+        full.history = [
+            StepSnapshot.model_construct(
+                step=s.step,
+                loss=s.loss,
+                max_grad=s.max_grad,
+                grad_norms=None,
+                learning_rate=None,
+                dead_layers=None,
+                epoch=None,
+            )
+            for s in light
+        ]
         timed = synthetic_snapshots(100, start=size - 100)
         t = time.thread_time()
         for snap in timed:
             full.observe(snap)
         per = (time.thread_time() - t) / 100
-        print(f"  full-history  at {size:>9,} steps: {per * 1e6:9.1f} µs/step  → incremental is {per / marks[size]:,.0f}× faster", flush=True)
+        print(
+            f"  full-history  at {size:>9,} steps: {per * 1e6:9.1f} µs/step  → incremental is "
+            f"{per / marks[size]:,.0f}× faster",
+            flush=True,
+        )
     print(f"  incremental per-step cost, 1M vs 1k steps of history: {marks[1_000_000] / marks[1_000]:.2f}× (flat ≈ 1)")
 
 
@@ -170,7 +236,9 @@ def emitter_overhead(n_embd: int = 32, n_layer: int = 2, steps: int = 1000) -> N
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=64, n_positions=32, n_embd=n_embd, n_layer=n_layer, n_head=2, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=64, n_positions=32, n_embd=n_embd, n_layer=n_layer, n_head=2, bos_token_id=0, eos_token_id=0
+    )
     model = GPT2LMHeadModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, 64, (16, 16))
@@ -194,11 +262,15 @@ def emitter_overhead(n_embd: int = 32, n_layer: int = 2, steps: int = 1000) -> N
             wall[mode].append(time.perf_counter() - w)
     med = {k: statistics.median(v[20:]) for k, v in cpu.items()}
     wmed = {k: statistics.median(v[20:]) for k, v in wall.items()}
-    print(f"emitter, GPT-2 d_model {n_embd} × {n_layer} layers ({len(log.meter.params)} parameter tensors), CPU time per "
-          f"step (median of {steps} each, interleaved): {med['without'] * 1e3:.2f} ms without, {med['with'] * 1e3:.2f} ms "
-          f"with StepLogger: {(med['with'] - med['without']) / med['without']:+.1%}; the log.step() call itself: "
-          f"{med['logger'] * 1e6:.0f} µs = {med['logger'] / med['without']:.1%} of a step "
-          f"(wall time: {(wmed['with'] - wmed['without']) / wmed['without']:+.1%})", flush=True)
+    print(
+        f"emitter, GPT-2 d_model {n_embd} × {n_layer} layers ({len(log.meter.params)} parameter tensors), CPU time per "
+        f"step (median of {steps} each, interleaved): {med['without'] * 1e3:.2f} ms without, {med['with'] * 1e3:.2f} "
+        f"ms "
+        f"with StepLogger: {(med['with'] - med['without']) / med['without']:+.1%}; the log.step() call itself: "
+        f"{med['logger'] * 1e6:.0f} µs = {med['logger'] / med['without']:.1%} of a step "
+        f"(wall time: {(wmed['with'] - wmed['without']) / wmed['without']:+.1%})",
+        flush=True,
+    )
 
 
 QWEN2_05B = {"hidden": 896, "intermediate": 4864, "layers": 24, "kv": 128, "vocab": 151_936}
@@ -210,12 +282,20 @@ def qwen_like_shapes() -> list[tuple[str, tuple[int, ...]]]:
     shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (QWEN2_05B["vocab"], h))]
     for layer in range(QWEN2_05B["layers"]):
         p = f"model.layers.{layer}"
-        shapes += [(f"{p}.self_attn.q_proj.weight", (h, h)), (f"{p}.self_attn.q_proj.bias", (h,)),
-                   (f"{p}.self_attn.k_proj.weight", (kv, h)), (f"{p}.self_attn.k_proj.bias", (kv,)),
-                   (f"{p}.self_attn.v_proj.weight", (kv, h)), (f"{p}.self_attn.v_proj.bias", (kv,)),
-                   (f"{p}.self_attn.o_proj.weight", (h, h)), (f"{p}.mlp.gate_proj.weight", (i, h)),
-                   (f"{p}.mlp.up_proj.weight", (i, h)), (f"{p}.mlp.down_proj.weight", (h, i)),
-                   (f"{p}.input_layernorm.weight", (h,)), (f"{p}.post_attention_layernorm.weight", (h,))]
+        shapes += [
+            (f"{p}.self_attn.q_proj.weight", (h, h)),
+            (f"{p}.self_attn.q_proj.bias", (h,)),
+            (f"{p}.self_attn.k_proj.weight", (kv, h)),
+            (f"{p}.self_attn.k_proj.bias", (kv,)),
+            (f"{p}.self_attn.v_proj.weight", (kv, h)),
+            (f"{p}.self_attn.v_proj.bias", (kv,)),
+            (f"{p}.self_attn.o_proj.weight", (h, h)),
+            (f"{p}.mlp.gate_proj.weight", (i, h)),
+            (f"{p}.mlp.up_proj.weight", (i, h)),
+            (f"{p}.mlp.down_proj.weight", (h, i)),
+            (f"{p}.input_layernorm.weight", (h,)),
+            (f"{p}.post_attention_layernorm.weight", (h,)),
+        ]
     return shapes + [("model.norm.weight", (h,))]
 
 
@@ -237,9 +317,11 @@ def checkpoint_size() -> None:
     ck = summarise(500, 2.34, ["scheduled"], qwen_like_tensors(), cfg, grid_picks(names, cfg.max_grids))
     dt = time.perf_counter() - t
     size = len(ck.model_dump_json(exclude_none=True))  # as AnalysisRecorder writes it
-    print(f"analysis checkpoint, Qwen2-0.5B shapes ({ck.n_params / 1e6:.0f}M parameters, {len(ck.weights)} tensors, "
-          f"weights + grads, {cfg.max_grids} grids): {size / 1024:.0f} KB, built in {dt:.1f} s "
-          f"(raw float32 weights + grads: {ck.n_params * 8 / 2**30:.1f} GiB)")
+    print(
+        f"analysis checkpoint, Qwen2-0.5B shapes ({ck.n_params / 1e6:.0f}M parameters, {len(ck.weights)} tensors, "
+        f"weights + grads, {cfg.max_grids} grids): {size / 1024:.0f} KB, built in {dt:.1f} s "
+        f"(raw float32 weights + grads: {ck.n_params * 8 / 2**30:.1f} GiB)"
+    )
 
 
 def main() -> None:

@@ -21,9 +21,9 @@
 Targets (issue): ingest >= 2,000 events/s, p95 latency < 250 ms.
 `.venv/bin/python -m bench.web_mirror cards` runs part 4 alone.
 """
+
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -55,12 +55,36 @@ def _events(n: int, session: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(n):
         if i % 50 == 0:
-            out.append({"event_id": uuid.uuid4().hex, "type": "tool.progress", "session": session, "call_id": f"call{i // 500}",
-                        "ts": time.time(), "data": {"fraction": (i % 500) / 500, "message": f"layer {i % 32}/32"}})
+            out.append(
+                {
+                    "event_id": uuid.uuid4().hex,
+                    "type": "tool.progress",
+                    "session": session,
+                    "call_id": f"call{i // 500}",
+                    "ts": time.time(),
+                    "data": {"fraction": (i % 500) / 500, "message": f"layer {i % 32}/32"},
+                }
+            )
         else:
-            out.append({"event_id": uuid.uuid4().hex, "type": "training.watch.step", "session": session, "call_id": "run-1", "ts": time.time(),
-                        "data": {"run": "run-1", "snapshot": {"step": i, "loss": 2.0 / (1 + i / 1000), "maxGrad": 1.0, "learning_rate": 1e-4,
-                                                              "gradNorms": {f"blocks.{k}.mlp": 0.1 for k in range(4)}}}})
+            out.append(
+                {
+                    "event_id": uuid.uuid4().hex,
+                    "type": "training.watch.step",
+                    "session": session,
+                    "call_id": "run-1",
+                    "ts": time.time(),
+                    "data": {
+                        "run": "run-1",
+                        "snapshot": {
+                            "step": i,
+                            "loss": 2.0 / (1 + i / 1000),
+                            "maxGrad": 1.0,
+                            "learning_rate": 1e-4,
+                            "gradNorms": {f"blocks.{k}.mlp": 0.1 for k in range(4)},
+                        },
+                    },
+                }
+            )
     return out
 
 
@@ -153,7 +177,8 @@ _MEASURE_JS = """async ([n, session]) => {
     });
     const t0 = performance.now();
     const r = await fetch('/api/events', {method: 'POST', headers: {'content-type': 'application/json'},
-      body: JSON.stringify({type: 'tool.start', session, call_id: id, data: {tool: 'run_latency', card: 'latency', args: {i}}})});
+      body: JSON.stringify({type: 'tool.start', session, call_id: id,
+                            data: {tool: 'run_latency', card: 'latency', args: {i}}})});
     const t1 = performance.now();
     await r.json();
     const t2 = await seen;
@@ -166,7 +191,15 @@ _MEASURE_JS = """async ([n, session]) => {
 
 def bench_latency(server: MirrorServer) -> dict[str, list[float]]:
     session = "latency"
-    httpx.post(f"{server.url}/api/events", json={"type": "tool.start", "session": session, "call_id": "warm", "data": {"tool": "warm", "card": "x", "args": {}}})
+    httpx.post(
+        f"{server.url}/api/events",
+        json={
+            "type": "tool.start",
+            "session": session,
+            "call_id": "warm",
+            "data": {"tool": "warm", "card": "x", "args": {}},
+        },
+    )
     results: dict[str, list[float]] = {}
     with browser_page() as page:
         page.goto(f"{server.url}/#s={session}")
@@ -202,13 +235,20 @@ SPOOL_WRITTEN = 160 * 1024 * 1024
 
 
 def bench_spool() -> dict[str, float]:
-    result = {"rows": [{"layer": i, "matrix": "Q", "fro_delta": 0.123456789, "rel_delta": 0.001, "stable_rank": 3.2} for i in range(2000)]}
+    result = {
+        "rows": [
+            {"layer": i, "matrix": "Q", "fro_delta": 0.123456789, "rel_delta": 0.001, "stable_rank": 3.2}
+            for i in range(2000)
+        ]
+    }
     template = [("tool.start", {"tool": "run_weight_diff", "args": {"checkpoint": "run/step_500.pt"}})]
     template += [("tool.progress", {"fraction": i / 20, "message": f"layer {i}/20"}) for i in range(20)]
     template += [("tool.result", {"tool": "run_weight_diff", "slim": {}, "result": result})]
     lines: list[bytes] = []
     for c in range(10_000):
-        lines += [dumps(Event(type=t, session="s", call_id=f"call{c}", data=d).model_dump()).encode() for t, d in template]
+        lines += [
+            dumps(Event(type=t, session="s", call_id=f"call{c}", data=d).model_dump()).encode() for t, d in template
+        ]
         if sum(map(len, lines)) > SPOOL_WRITTEN:
             break
     out: dict[str, float] = {}
@@ -222,7 +262,11 @@ def bench_spool() -> dict[str, float]:
                     t = time.perf_counter()
                     spool.append([line])
                     worst = max(worst, time.perf_counter() - t)
-            out[name], out[f"{name}_worst"], out[f"{name}_size"] = time.perf_counter() - t0, worst, spool.path.stat().st_size
+            out[name], out[f"{name}_worst"], out[f"{name}_size"] = (
+                time.perf_counter() - t0,
+                worst,
+                spool.path.stat().st_size,
+            )
     out["written"] = sum(map(len, lines))
     return out
 
@@ -231,9 +275,26 @@ CARDS_STEPS = 100_000
 
 
 def _run_steps(first: int, n: int) -> list[dict[str, Any]]:
-    return [{"event_id": uuid.uuid4().hex, "type": "training.watch.step", "session": "long", "call_id": "run-1", "ts": time.time(),
-             "data": {"run": "run-1", "snapshot": {"step": i, "loss": 2.0 / (1 + i / 1000), "maxGrad": 1.0, "learning_rate": 1e-4,
-                                                   "gradNorms": {f"blocks.{k}.mlp": 0.1 for k in range(4)}}}} for i in range(first, first + n)]
+    return [
+        {
+            "event_id": uuid.uuid4().hex,
+            "type": "training.watch.step",
+            "session": "long",
+            "call_id": "run-1",
+            "ts": time.time(),
+            "data": {
+                "run": "run-1",
+                "snapshot": {
+                    "step": i,
+                    "loss": 2.0 / (1 + i / 1000),
+                    "maxGrad": 1.0,
+                    "learning_rate": 1e-4,
+                    "gradNorms": {f"blocks.{k}.mlp": 0.1 for k in range(4)},
+                },
+            },
+        }
+        for i in range(first, first + n)
+    ]
 
 
 def bench_cards(home: Path) -> dict[str, float]:
@@ -263,16 +324,27 @@ def bench_cards(home: Path) -> dict[str, float]:
     Folder(mirror_contract().families).fold(store.events("long"))
     refold = time.perf_counter() - t0
     store.close()
-    return {"first": first, "cached": statistics.median(cached), "after_new": after_new, "refold": refold,
-            "points": len(reply.json()["cards"][0]["live"]["points"]), "bytes": len(reply.content)}
+    return {
+        "first": first,
+        "cached": statistics.median(cached),
+        "after_new": after_new,
+        "refold": refold,
+        "points": len(reply.json()["cards"][0]["live"]["points"]),
+        "bytes": len(reply.content),
+    }
 
 
 def _print_cards() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         c = bench_cards(Path(tmp) / "home")
-    print(f"/cards, one {CARDS_STEPS}-step watch run ({c['points']} points, {c['bytes'] / 1024:.0f} KiB): first after a start "
-          f"{c['first'] * 1000:.0f} ms, cached p50 {c['cached'] * 1000:.1f} ms, after 100 new steps {c['after_new'] * 1000:.1f} ms; "
-          f"baseline re-fold of the whole log in-process {c['refold'] * 1000:.0f} ms (cached = {c['cached'] / c['refold']:.3f}x the re-fold)")
+    print(
+        f"/cards, one {CARDS_STEPS}-step watch run ({c['points']} points, {c['bytes'] / 1024:.0f} KiB): first after "
+        f"a start "
+        f"{c['first'] * 1000:.0f} ms, cached p50 {c['cached'] * 1000:.1f} ms, after 100 new steps "
+        f"{c['after_new'] * 1000:.1f} ms; "
+        f"baseline re-fold of the whole log in-process {c['refold'] * 1000:.0f} ms (cached = "
+        f"{c['cached'] / c['refold']:.3f}x the re-fold)"
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -285,19 +357,30 @@ def main() -> None:
         return
     _print_cards()
     sp = bench_spool()
-    print(f"spool, {sp['written'] / 2**20:.0f} MiB appended with the mirror down: bounded at {SPOOL_MAX_DEFAULT / 2**20:.0f} MiB "
-          f"{sp['bounded']:.2f} s ({sp['bounded'] / sp['unbounded']:.2f}x the unbounded {sp['unbounded']:.2f} s), file "
-          f"{sp['bounded_size'] / 2**20:.0f} MiB (unbounded {sp['unbounded_size'] / 2**20:.0f} MiB), longest append "
-          f"{sp['bounded_worst'] * 1000:.0f} ms (unbounded {sp['unbounded_worst'] * 1000:.1f} ms)")
+    print(
+        f"spool, {sp['written'] / 2**20:.0f} MiB appended with the mirror down: bounded at "
+        f"{SPOOL_MAX_DEFAULT / 2**20:.0f} MiB "
+        f"{sp['bounded']:.2f} s ({sp['bounded'] / sp['unbounded']:.2f}x the unbounded {sp['unbounded']:.2f} s), file "
+        f"{sp['bounded_size'] / 2**20:.0f} MiB (unbounded {sp['unbounded_size'] / 2**20:.0f} MiB), longest append "
+        f"{sp['bounded_worst'] * 1000:.0f} ms (unbounded {sp['unbounded_worst'] * 1000:.1f} ms)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         server = MirrorServer(Path(tmp) / "home").start()
         try:
             r = bench_ingest(server)
-            print(f"ingest, {N_EVENTS} events in batches of {BATCH}, SSE attached: {r['batched']:8.0f} events/s "
-                  f"({r['batched'] / r['store']:.2f}x the bare Store at {r['store']:.0f} events/s)  target >= 2000: "
-                  f"{'met' if r['batched'] >= 2000 else 'MISSED'}")
-            print(f"ingest, one event per POST, 1 connection:   {r['single1']:8.0f} events/s ({r['single1'] / r['store']:.2f}x Store)")
-            print(f"ingest, one event per POST, 4 connections:  {r['single4']:8.0f} events/s ({r['single4'] / r['store']:.2f}x Store)")
+            print(
+                f"ingest, {N_EVENTS} events in batches of {BATCH}, SSE attached: {r['batched']:8.0f} events/s "
+                f"({r['batched'] / r['store']:.2f}x the bare Store at {r['store']:.0f} events/s)  target >= 2000: "
+                f"{'met' if r['batched'] >= 2000 else 'MISSED'}"
+            )
+            print(
+                f"ingest, one event per POST, 1 connection:   {r['single1']:8.0f} events/s "
+                f"({r['single1'] / r['store']:.2f}x Store)"
+            )
+            print(
+                f"ingest, one event per POST, 4 connections:  {r['single4']:8.0f} events/s "
+                f"({r['single4'] / r['store']:.2f}x Store)"
+            )
             if chromium_path() is None:
                 print("latency: skipped (no Debian chromium)")
                 return
@@ -306,9 +389,12 @@ def main() -> None:
             for name in ("idle", "loaded"):
                 v = lat[name]
                 extra = f", background ingest {lat['bg_rate'][0]:.0f} events/s" if name == "loaded" else ""
-                print(f"event -> card in Chromium DOM ({name}{extra}): p50 {_pct(v, 50):6.1f} ms  p95 {_pct(v, 95):6.1f} ms  "
-                      f"max {max(v):6.1f} ms  ({_pct(v, 50) / post50:.1f}x the POST round trip p50 {post50:.1f} ms)  "
-                      f"target p95 < 250 ms: {'met' if _pct(v, 95) < 250 else 'MISSED'}")
+                print(
+                    f"event -> card in Chromium DOM ({name}{extra}): p50 {_pct(v, 50):6.1f} ms  p95 "
+                    f"{_pct(v, 95):6.1f} ms  "
+                    f"max {max(v):6.1f} ms  ({_pct(v, 50) / post50:.1f}x the POST round trip p50 {post50:.1f} ms)  "
+                    f"target p95 < 250 ms: {'met' if _pct(v, 95) < 250 else 'MISSED'}"
+                )
         finally:
             server.kill()
 

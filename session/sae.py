@@ -8,6 +8,7 @@ An SAE trained on TransformerLens-processed weights (its metadata's `model_from_
 with HookedTransformer.from_pretrained's defaults) is run on a model processed the same way, as far as the
 processing changes what its hook reads (`processing_for`); what cannot be matched is refused in one line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,36 +53,59 @@ def parse_layer(hook: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def load_sae(spec: str, *, d_model: int | None = None, n_layers: int | None = None, default_layer: int | None = None) -> tuple[Any, SaeInfo]:
+def load_sae(
+    spec: str, *, d_model: int | None = None, n_layers: int | None = None, default_layer: int | None = None
+) -> tuple[Any, SaeInfo]:
     """Load the SAE and check it fits the model (d_in == d_model, layer in range)."""
     spec = spec.strip()
     path = Path(spec).expanduser()
-    with warnings.catch_warnings():  # sae-lens warns about model_from_pretrained_kwargs; SaeInfo.centred says what matters here
+    with (
+        warnings.catch_warnings()
+    ):  # sae-lens warns about model_from_pretrained_kwargs; SaeInfo.centred says what matters here
         warnings.filterwarnings("ignore", message=r"(?s).*model_from_pretrained_kwargs")
         if path.exists() or spec.startswith(("/", "./", "../", "~")):
             sae, source = _load_local(spec, path), "local"
         elif "/" in spec:
             sae, source = _load_pretrained(spec), "pretrained"
         else:
-            raise ToolError(f"SAE spec {spec!r} is neither a directory nor release/sae_id", "pass a sae-lens directory (from sae.save_model) or e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre")
+            raise ToolError(
+                f"SAE spec {spec!r} is neither a directory nor release/sae_id",
+                "pass a sae-lens directory (from sae.save_model) or e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre",
+            )
     hook = sae.cfg.metadata.hook_name
     layer = parse_layer(hook) if isinstance(hook, str) else None
     if layer is None:
         layer = default_layer
     if layer is None:
-        raise ToolError(f"SAE {spec}: its metadata names no layer (hook {hook!r}) and the model has no default layer", "save the SAE with metadata.hook_name = blocks.L.hook_resid_post")
+        raise ToolError(
+            f"SAE {spec}: its metadata names no layer (hook {hook!r}) and the model has no default layer",
+            "save the SAE with metadata.hook_name = blocks.L.hook_resid_post",
+        )
     assumed = not isinstance(hook, str) or not hook
     if assumed:
         hook = f"blocks.{layer}.hook_resid_post"
     d_in = int(sae.cfg.d_in)
     if d_model is not None and d_in != d_model:
-        raise ToolError(f"SAE {spec} has d_in {d_in} but the session's model has d_model {d_model}", "load an SAE trained on this model")
+        raise ToolError(
+            f"SAE {spec} has d_in {d_in} but the session's model has d_model {d_model}",
+            "load an SAE trained on this model",
+        )
     if n_layers is not None and not 0 <= layer < n_layers:
-        raise ToolError(f"SAE {spec} hooks layer {layer} but the session's model has {n_layers} layers", "load an SAE trained on this model")
+        raise ToolError(
+            f"SAE {spec} hooks layer {layer} but the session's model has {n_layers} layers",
+            "load an SAE trained on this model",
+        )
     kwargs = sae.cfg.metadata.model_from_pretrained_kwargs
     info = SaeInfo(
-        spec=spec, source=source, hook=hook, hook_assumed=assumed, layer=layer, d_in=d_in, d_sae=int(sae.cfg.d_sae),
-        architecture=sae.cfg.architecture(), model_kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
+        spec=spec,
+        source=source,
+        hook=hook,
+        hook_assumed=assumed,
+        layer=layer,
+        d_in=d_in,
+        d_sae=int(sae.cfg.d_sae),
+        architecture=sae.cfg.architecture(),
+        model_kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
     )
     return sae, info
 
@@ -108,7 +132,12 @@ def _stamp(spec: str) -> int:
 
 
 # HookedTransformer.from_pretrained's processing flags and defaults; the hooks whose values each one changes
-_PROCESSING_DEFAULTS = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
+_PROCESSING_DEFAULTS = {
+    "fold_ln": True,
+    "center_writing_weights": True,
+    "center_unembed": True,
+    "fold_value_biases": True,
+}
 _CHANGED_BY = {
     "center_writing_weights": _RESIDUAL_WRITE,  # every write to the residual stream loses its mean (LayerNorm models)
     "fold_ln": re.compile(r"\.ln[^.]*\.hook_normalized$|ln_final\.hook_normalized$"),
@@ -131,8 +160,11 @@ def processing_for(info: SaeInfo) -> tuple[Processing, str]:
         return RAW, "the SAE records no model_from_pretrained_kwargs: run on raw HF weights"
     unknown = sorted(k for k in kwargs if k not in _PROCESSING_DEFAULTS and k not in _HARMLESS)
     if unknown:
-        raise ToolError(f"SAE {info.spec} was trained on a model loaded with {', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}, "
-                        "which the model runtime cannot reproduce", "use an SAE trained on this model's raw or standard-processed weights")
+        raise ToolError(
+            f"SAE {info.spec} was trained on a model loaded with {', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}, "
+            "which the model runtime cannot reproduce",
+            "use an SAE trained on this model's raw or standard-processed weights",
+        )
     flags = {k: bool(kwargs.get(k, default)) for k, default in _PROCESSING_DEFAULTS.items()}
     applied = {k: v and _CHANGED_BY[k].search(info.hook) is not None for k, v in flags.items()}
     processing = Processing(**applied)
@@ -148,14 +180,18 @@ def _load_local(spec: str, path: Path) -> Any:
     from sae_lens.constants import SAE_CFG_FILENAME
 
     if not path.is_dir():
-        raise ToolError(f"SAE directory {spec} does not exist", "pass a directory written by sae.save_model, or release/sae_id")
+        raise ToolError(
+            f"SAE directory {spec} does not exist", "pass a directory written by sae.save_model, or release/sae_id"
+        )
     if not (path / SAE_CFG_FILENAME).is_file():
         raise ToolError(f"SAE directory {spec} has no {SAE_CFG_FILENAME}", "pass a directory written by sae.save_model")
     try:
         return SAE.load_from_disk(str(path), device=device())
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         log.debug("SAE load failed", exc_info=True)
-        raise ToolError(f"cannot load the SAE in {spec}: {first_line(e)}", "pass a directory written by sae.save_model") from None
+        raise ToolError(
+            f"cannot load the SAE in {spec}: {first_line(e)}", "pass a directory written by sae.save_model"
+        ) from None
 
 
 def _load_pretrained(spec: str) -> Any:
@@ -167,7 +203,10 @@ def _load_pretrained(spec: str) -> Any:
     release, sae_id = spec.split("/", 1)
     registry = get_pretrained_saes_directory()
     if release not in registry:
-        raise ToolError(f"SAE release {release!r} is not in sae-lens' pretrained registry", "spec is release/sae_id, e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre, or a local directory")
+        raise ToolError(
+            f"SAE release {release!r} is not in sae-lens' pretrained registry",
+            "spec is release/sae_id, e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre, or a local directory",
+        )
     ids = registry[release].saes_map
     if sae_id not in ids:
         sample = ", ".join(list(ids)[:4])
@@ -176,7 +215,13 @@ def _load_pretrained(spec: str) -> Any:
         return SAE.from_pretrained(release, sae_id, device=device())
     except LocalEntryNotFoundError:
         why = "offline (HF_HUB_OFFLINE is set)" if is_offline_mode() else "unreachable"
-        raise ToolError(f"SAE {spec} is not in the local HF cache and the hub is {why}", "pass a local sae-lens directory written by sae.save_model") from None
+        raise ToolError(
+            f"SAE {spec} is not in the local HF cache and the hub is {why}",
+            "pass a local sae-lens directory written by sae.save_model",
+        ) from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         log.debug("SAE download failed", exc_info=True)
-        raise ToolError(f"cannot fetch SAE {spec} from the hub: {first_line(e)}", "check the network, or pass a local sae-lens directory") from None
+        raise ToolError(
+            f"cannot fetch SAE {spec} from the hub: {first_line(e)}",
+            "check the network, or pass a local sae-lens directory",
+        ) from None

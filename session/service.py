@@ -1,4 +1,5 @@
 """The session operations behind start_session, load_sae and session_status."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +21,7 @@ from session.state import (
     set_current,
 )
 from toolserver.contract import ToolError
+
 
 def start_session(session_id: str, model_spec: str) -> tuple[Session, Path | None]:
     """Resolve the model (config files only), persist the session and make it current.
@@ -74,7 +76,10 @@ def status(session: Session, models: ModelCache) -> SessionStatus:
     try:
         d_model, n_layers = dims(session)
     except ToolError as e:
-        raise ToolError(f"session {session.id!r}: its model {session.model_source} is no longer readable ({e.message})", "start the session again") from None
+        raise ToolError(
+            f"session {session.id!r}: its model {session.model_source} is no longer readable ({e.message})",
+            "start the session again",
+        ) from None
     return SessionStatus(
         id=session.id,
         model=session.model,

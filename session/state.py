@@ -6,6 +6,7 @@ Several processes (CLI calls, MCP server threads) may save one session at once: 
 merges under a file lock instead of overwriting (see there). Loaded models are not session state:
 they live in the front door's model cache (session.model_cache).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,9 @@ class Session(BaseModel):
     sae_hook: str | None = None
     sae_layer: int | None = None
     created_at: str = Field(default_factory=now_iso)
-    history: list[CallRecord] = Field(default_factory=list, description=f"tool calls, oldest first; the last {MAX_HISTORY} are kept")
+    history: list[CallRecord] = Field(
+        default_factory=list, description=f"tool calls, oldest first; the last {MAX_HISTORY} are kept"
+    )
     regressions: dict[str, list[float]] = Field(default_factory=dict)
 
     _as_read: dict[str, Any] | None = PrivateAttr(default=None)  # the file's content when last read or written
@@ -105,7 +108,9 @@ def _read(path: Path) -> Session:
 def load_session(session_id: str) -> Session:
     path = session_path(session_id)
     if not path.exists():
-        raise ToolError(f"no session {session_id!r} in {path.parent}", "start one: trainspect session start --id ID --model SPEC")
+        raise ToolError(
+            f"no session {session_id!r} in {path.parent}", "start one: trainspect session start --id ID --model SPEC"
+        )
     return _read(path)
 
 

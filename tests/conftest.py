@@ -1,4 +1,5 @@
 """Shared test set-up: every test gets its own TRAINSPECT_HOME, no mirror, and no hub access."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Helpers for the session tests: tiny real models, a real sae-lens SAE on disk, a fake HF cache."""
+
 from __future__ import annotations
 
 import shutil
@@ -21,8 +22,13 @@ def tiny_base(arch: str, factory: pytest.TempPathFactory) -> Path:
 
 
 def build_sae(
-    out_dir: Path, *, d_in: int = D_MODEL, d_sae: int = 128, hook: str | None = "blocks.1.hook_resid_post",
-    seed: int = 0, model_kwargs: dict[str, Any] | None = None,
+    out_dir: Path,
+    *,
+    d_in: int = D_MODEL,
+    d_sae: int = 128,
+    hook: str | None = "blocks.1.hook_resid_post",
+    seed: int = 0,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> Path:
     """A real sae-lens StandardSAE with non-zero biases (so the encoder formula is fully exercised), saved to disk."""
     from sae_lens import StandardSAE, StandardSAEConfig

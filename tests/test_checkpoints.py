@@ -1,4 +1,5 @@
-"""The checkpoint loader: every format gives the same tensors, nothing but tensors is unpickled, bad input is one line."""
+"""The checkpoint loader: every format gives the same tensors, only tensors are unpickled, bad input is one line."""
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,19 @@ def one_line_error(excinfo: pytest.ExceptionInfo[ToolError], *needles: str) -> s
     return text
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("transformer.h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight"),
-    ("h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight"),
-    ("module._orig_mod.transformer.wte.weight", "wte.weight"),
-    ("base_model.model.model.layers.3.self_attn.q_proj.weight", "layers.3.self_attn.q_proj.weight"),
-    ("model.layers.3.mlp.gate_proj.weight", "layers.3.mlp.gate_proj.weight"),
-    ("bert.encoder.layer.1.attention.self.query.weight", "encoder.layer.1.attention.self.query.weight"),
-    ("lm_head.weight", "lm_head.weight"),
-    ("model._orig_mod.norm.weight", "norm.weight"),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("transformer.h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight"),
+        ("h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight"),
+        ("module._orig_mod.transformer.wte.weight", "wte.weight"),
+        ("base_model.model.model.layers.3.self_attn.q_proj.weight", "layers.3.self_attn.q_proj.weight"),
+        ("model.layers.3.mlp.gate_proj.weight", "layers.3.mlp.gate_proj.weight"),
+        ("bert.encoder.layer.1.attention.self.query.weight", "encoder.layer.1.attention.self.query.weight"),
+        ("lm_head.weight", "lm_head.weight"),
+        ("model._orig_mod.norm.weight", "norm.weight"),
+    ],
+)
 def test_wrapper_prefixes_are_stripped(raw: str, expected: str) -> None:
     assert normalise_key(raw) == expected
 
@@ -165,8 +169,9 @@ def test_other_architecture_is_named(tiny: dict[str, dict[str, Path]], tmp_path:
 
     # same architecture, other width: the offending keys and both shapes are named
     torch.manual_seed(0)
-    wide = GPT2LMHeadModel(GPT2Config(vocab_size=640, n_positions=128, n_embd=32, n_layer=2, n_head=4,
-                                          bos_token_id=0, eos_token_id=0))
+    wide = GPT2LMHeadModel(
+        GPT2Config(vocab_size=640, n_positions=128, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    )
     other = tmp_path / "narrow.pt"
     torch.save(wide.state_dict(), other)
     with pytest.raises(ToolError) as excinfo:
@@ -199,14 +204,21 @@ def test_lora_pairs_match_peft_merge(arch: str, adapter: str, tiny: dict[str, di
 
 def test_rank_and_alpha_patterns_follow_peft(tiny: dict[str, dict[str, Path]], tmp_path: Path) -> None:
     base_dir = tiny["llama"]["base"]
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                        rank_pattern={"down_proj": 2, r"layers\.1\.self_attn\.q_proj": 6},
-                        alpha_pattern={"v_proj": 3})
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        rank_pattern={"down_proj": 2, r"layers\.1\.self_attn\.q_proj": 6},
+        alpha_pattern={"v_proj": 3},
+    )
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), config)
     model.save_pretrained(tmp_path / "patterned")
     pairs = open_checkpoint(tmp_path / "patterned").lora_pairs()
-    peft_scales = {normalise_key(name) + ".weight": m.scaling["default"]
-                   for name, m in model.base_model.model.named_modules() if isinstance(m, LoraLayer)}
+    peft_scales = {
+        normalise_key(name) + ".weight": m.scaling["default"]
+        for name, m in model.base_model.model.named_modules()
+        if isinstance(m, LoraLayer)
+    }
     assert set(pairs) == set(peft_scales)
     for key, pair in pairs.items():
         assert pair.scale == pytest.approx(peft_scales[key]), key

@@ -1,4 +1,5 @@
 """`make demo`'s job end to end: models built, mirror started, tools run, cards already in the page's API."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,15 @@ import httpx
 from web_fixtures import free_port
 
 
-
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     port = free_port()
     demo_dir = tmp_path / "demo"
-    env = {**os.environ, "TRAINSPECT_DEMO_DIR": str(demo_dir), "TRAINSPECT_DEMO_PORT": str(port), "TRAINSPECT_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "TRAINSPECT_DEMO_DIR": str(demo_dir),
+        "TRAINSPECT_DEMO_PORT": str(port),
+        "TRAINSPECT_HOME": str(tmp_path / "home"),
+    }
     proc = subprocess.run([sys.executable, "-m", "tools.demo"], env=env, capture_output=True, text=True, timeout=600)
     pid = int((demo_dir / "web.pid").read_text()) if (demo_dir / "web.pid").exists() else None
     try:

@@ -1,4 +1,5 @@
 """MCP through the SDK's real client, over stdio and over streamable HTTP."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,6 @@ from typing import Any
 
 import anyio
 import jsonschema
-import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from web_fixtures import free_port
@@ -38,7 +38,9 @@ async def _exercise(client: Client, models: dict[str, Path]) -> None:
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append((value, message))
 
-    result = await client.call_tool("run_weight_diff", {"checkpoint": str(models["full"]), "name": "ft"}, progress_callback=on_progress)
+    result = await client.call_tool(
+        "run_weight_diff", {"checkpoint": str(models["full"]), "name": "ft"}, progress_callback=on_progress
+    )
     assert not result.is_error, result.content
     structured: dict[str, Any] = result.structured_content or {}
     jsonschema.validate(structured, listed["run_weight_diff"].output_schema)
@@ -48,7 +50,9 @@ async def _exercise(client: Client, models: dict[str, Path]) -> None:
     values = [v for v, _ in progress]
     assert values and values == sorted(values)
 
-    page = await client.call_tool("get_result", {"call_id": structured["call_id"], "section": "result.rows", "limit": 2})
+    page = await client.call_tool(
+        "get_result", {"call_id": structured["call_id"], "section": "result.rows", "limit": 2}
+    )
     assert page.structured_content["total"] == len(structured["result"]["rows"])
     assert len(page.structured_content["data"]) == 2
 
@@ -76,11 +80,14 @@ def test_stdio(tiny_gpt2: dict[str, Path], isolated_home: Path) -> None:
     anyio.run(main)
 
 
-
 def test_streamable_http(tiny_gpt2: dict[str, Path], isolated_home: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([str(BIN), "mcp", "--http", "--port", str(port), "--no-mirror"], env=_env(isolated_home),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(BIN), "mcp", "--http", "--port", str(port), "--no-mirror"],
+        env=_env(isolated_home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -101,25 +108,49 @@ def test_streamable_http(tiny_gpt2: dict[str, Path], isolated_home: Path) -> Non
 
 
 def test_http_refuses_public_bind(isolated_home: Path) -> None:
-    proc = subprocess.run([str(BIN), "mcp", "--http", "--host", "0.0.0.0"], env=_env(isolated_home), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(BIN), "mcp", "--http", "--host", "0.0.0.0"],
+        env=_env(isolated_home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "refusing to serve MCP on 0.0.0.0" in proc.stderr
 
 
 def test_long_lists_are_cut_with_their_paths_recorded() -> None:
     from pydantic import BaseModel
 
-    from toolserver.mcp_server import compact_result
     from toolserver.contract import Envelope, Finding, ToolSpec
+    from toolserver.mcp_server import compact_result
 
     class Out(BaseModel):
         rows: list[dict[str, int]]
         nested: dict[str, list[int]]
 
-    spec = ToolSpec(name="t", command="t", card="t", summary="s", input_model=BaseModel, output_model=Out, slim_model=BaseModel,
-                    run=lambda *a: None, slim=lambda r: BaseModel(), table=lambda r: f"{len(r.rows)} rows")
-    env = Envelope[Out](tool="t", call_id="c", created_at="now", duration_s=0.1, session=None, inputs={},
-                        result=Out(rows=[{"i": i} for i in range(120)], nested={"xs": list(range(7))}),
-                        findings=[Finding(text="f")], follow_ups=[])
+    spec = ToolSpec(
+        name="t",
+        command="t",
+        card="t",
+        summary="s",
+        input_model=BaseModel,
+        output_model=Out,
+        slim_model=BaseModel,
+        run=lambda *a: None,
+        slim=lambda r: BaseModel(),
+        table=lambda r: f"{len(r.rows)} rows",
+    )
+    env = Envelope[Out](
+        tool="t",
+        call_id="c",
+        created_at="now",
+        duration_s=0.1,
+        session=None,
+        inputs={},
+        result=Out(rows=[{"i": i} for i in range(120)], nested={"xs": list(range(7))}),
+        findings=[Finding(text="f")],
+        follow_ups=[],
+    )
     out = compact_result(spec, env, limit=5)
     assert out.structured_content["truncated"] == {"result.rows": 120, "result.nested.xs": 7}
     assert out.structured_content["result"]["rows"] == [{"i": i} for i in range(5)]

@@ -1,4 +1,5 @@
 """The runner: ids, events, stored results, history and one-line errors, with a recording mirror."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,16 @@ def _run(session: Session | None, args: EchoIn, reporter: Any) -> Outcome[EchoOu
 
 
 ECHO = ToolSpec(
-    name="echo", command="echo", card="echo", summary="Echo text. Cheap.", input_model=EchoIn, output_model=EchoOut,
-    slim_model=EchoCard, run=_run, slim=lambda r: EchoCard(n=len(r.echoed)), table=lambda r: " ".join(r.echoed),
+    name="echo",
+    command="echo",
+    card="echo",
+    summary="Echo text. Cheap.",
+    input_model=EchoIn,
+    output_model=EchoOut,
+    slim_model=EchoCard,
+    run=_run,
+    slim=lambda r: EchoCard(n=len(r.echoed)),
+    table=lambda r: " ".join(r.echoed),
     live=(ECHO_EVENTS,),
 )
 
@@ -67,8 +76,14 @@ def session(tmp_path: Path) -> Session:
 
 def test_events_result_and_history(session: Session) -> None:
     mirror, progress, lines = Recorder(), [], []
-    env = invoke(ECHO, {"text": "hi", "times": 3, "name": "lbl"}, session=session, mirror=mirror,
-                 on_progress=lambda f, m: progress.append(f), on_emit=lambda t, d, text: lines.append(text))
+    env = invoke(
+        ECHO,
+        {"text": "hi", "times": 3, "name": "lbl"},
+        session=session,
+        mirror=mirror,
+        on_progress=lambda f, m: progress.append(f),
+        on_emit=lambda t, d, text: lines.append(text),
+    )
     assert env.result.echoed == ["hi"] * 3 and env.schema_version == 1 and env.session == "run-1"
     types = [e.type for e in mirror.events]
     assert types[0] == "tool.start" and types[-1] == "tool.result"
@@ -104,8 +119,19 @@ def test_unexpected_exception_becomes_tool_error_with_log(session: Session) -> N
 def test_events_outside_the_declared_families_and_untyped_slims_are_bugs(session: Session) -> None:
     with pytest.raises(ToolError, match="outside the live families it declares"):
         invoke(ECHO, {"text": "stray"}, session=session)
-    untyped = ToolSpec(name="echo2", command="echo2", card="echo", summary="-", input_model=EchoIn, output_model=EchoOut,
-                       slim_model=EchoCard, run=_run, slim=lambda r: {"n": 1}, table=str, live=(ECHO_EVENTS,))
+    untyped = ToolSpec(
+        name="echo2",
+        command="echo2",
+        card="echo",
+        summary="-",
+        input_model=EchoIn,
+        output_model=EchoOut,
+        slim_model=EchoCard,
+        run=_run,
+        slim=lambda r: {"n": 1},
+        table=str,
+        live=(ECHO_EVENTS,),
+    )
     with pytest.raises(ToolError, match="slim\\(\\) returned dict, not its EchoCard"):
         invoke(untyped, {"text": "x"}, session=session)
 

@@ -1,4 +1,5 @@
 """Sessions without loading weights: resolving specs, kind detection, catalog, persistence, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from session_fixtures import fake_hub_cache, tiny_base
 
 from session import service
 from session.catalog import CATALOG, lookup
+from session.model_cache import ModelCache
 from session.resolve import detect_kind, resolve_model
 from session.sae import parse_layer
-from session.model_cache import ModelCache
 from session.state import CallRecord, Session, current_session, load_session
-from toolserver.contract import now_iso
-from session_fixtures import fake_hub_cache, tiny_base
-from toolserver.contract import ToolError
+from toolserver.contract import ToolError, now_iso
 from toolserver.registry import get_tool
 from toolserver.runner import invoke
 
@@ -64,7 +64,10 @@ def test_detect_kind(config: dict, kind: str) -> None:
     ("config", "needle"),
     [
         ({"model_type": "t5", "architectures": ["T5EncoderModel"], "is_encoder_decoder": True}, "encoder-decoder"),
-        ({"model_type": "bart", "architectures": ["BartForConditionalGeneration"], "is_encoder_decoder": True}, "encoder-decoder"),
+        (
+            {"model_type": "bart", "architectures": ["BartForConditionalGeneration"], "is_encoder_decoder": True},
+            "encoder-decoder",
+        ),
         ({"model_type": "mystery", "architectures": ["MysteryModel"]}, "cannot tell"),
     ],
 )
@@ -89,7 +92,9 @@ def test_bundled_minilm_resolves_offline_to_its_package_dir() -> None:
     assert resolve_model(str(r.path)).entry is CATALOG["all-minilm-l6-v2"]
 
 
-def test_slug_and_hf_id_resolve_through_the_hf_cache_offline(bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_slug_and_hf_id_resolve_through_the_hf_cache_offline(
+    bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import huggingface_hub.constants
 
     cache = tmp_path / "hub"
@@ -110,8 +115,14 @@ def test_slug_and_hf_id_resolve_through_the_hf_cache_offline(bases: dict[str, Pa
 
 # Depths of the real models (their hub config.json), written down independently of the catalog.
 KNOWN_DEPTHS = {
-    "gpt2": 12, "gpt2-medium": 24, "pythia-70m-deduped": 6, "gemma-2-2b": 26, "llama-3.2-1b": 16,
-    "qwen2.5-0.5b": 24, "gte-small": 12, "all-minilm-l6-v2": 6,
+    "gpt2": 12,
+    "gpt2-medium": 24,
+    "pythia-70m-deduped": 6,
+    "gemma-2-2b": 26,
+    "llama-3.2-1b": 16,
+    "qwen2.5-0.5b": 24,
+    "gte-small": 12,
+    "all-minilm-l6-v2": 6,
 }
 
 
@@ -132,7 +143,12 @@ def test_catalog_entries_fit_their_models_and_sae_lens_registry() -> None:
 
 @pytest.mark.parametrize(
     ("hook", "layer"),
-    [("blocks.6.hook_resid_post", 6), ("blocks.11.attn.hook_z", 11), ("layer_12/width_16k/canonical", 12), ("hook_embed", None)],
+    [
+        ("blocks.6.hook_resid_post", 6),
+        ("blocks.11.attn.hook_z", 11),
+        ("layer_12/width_16k/canonical", 12),
+        ("hook_embed", None),
+    ],
 )
 def test_parse_layer(hook: str, layer: int | None) -> None:
     assert parse_layer(hook) == layer
@@ -151,7 +167,9 @@ def test_bad_inputs_give_one_clear_line(bases: dict[str, Path], tmp_path: Path) 
     assert "no-such-slug" in unknown and "offline" in unknown and "gpt2" in unknown  # lists the known slugs
     gated = _one_line_error(service.start_session, "s", "llama-3.2-1b")
     assert "meta-llama/Llama-3.2-1B" in gated and "local" in gated
-    assert "invalid session id" in _one_line_error(Session(id="../../escape", model="m", model_source="m", kind="llm").save)
+    assert "invalid session id" in _one_line_error(
+        Session(id="../../escape", model="m", model_source="m", kind="llm").save
+    )
     with pytest.raises(ToolError):
         current_session()  # none of the failures created a session
 
@@ -165,7 +183,11 @@ def test_session_started_in_one_process_is_seen_by_another(bases: dict[str, Path
         "print(json.dumps(invoke(get_tool('session_status'), {}).model_dump(mode='json')))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "TRAINSPECT_HOME": str(isolated_home), "TRAINSPECT_MIRROR_URL": "", "HF_HUB_OFFLINE": "1"},
     )
     assert out.returncode == 0, out.stderr
@@ -209,7 +231,8 @@ class Nothing(BaseModel):
     pass
 
 spec = ToolSpec(name="noop", command="noop", card="noop", summary="-", input_model=Nothing, output_model=Nothing,
-                slim_model=Nothing, run=lambda c, a, r: Outcome(Nothing()), slim=lambda r: Nothing(), table=lambda r: "")
+                slim_model=Nothing, run=lambda c, a, r: Outcome(Nothing()), slim=lambda r: Nothing(),
+                table=lambda r: "")
 for _ in range(int(sys.argv[2])):
     invoke(spec, {}, session=load_session(sys.argv[1]))
 """

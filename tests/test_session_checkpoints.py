@@ -1,4 +1,5 @@
 """A fine-tuned model beside the base: checkpoint weights in the base architecture, checked against HF and peft."""
+
 from __future__ import annotations
 
 import os
@@ -7,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from session_fixtures import tiny_base
 
 from session import service
 from session.model_cache import ModelCache
 from session.models import load_base, load_checkpoint
-from session_fixtures import tiny_base
-from toolserver.contract import ToolError
 from tools.fixtures.tiny_models import finetune, lora_finetune
+from toolserver.contract import ToolError
 
 PROMPT = "Attention layers decide which earlier words matter."
 
@@ -83,7 +84,9 @@ def test_encoder_checkpoint_from_a_masked_lm_fine_tune(runs: dict[str, dict[str,
     assert all(m.startswith("pooler.") for m in missing)  # BertForMaskedLM has no pooler: base one kept
     batch = tuned.tokenizer(PROMPT, return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(tuned.model(**batch).last_hidden_state, ref.eval()(**batch).last_hidden_state, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            tuned.model(**batch).last_hidden_state, ref.eval()(**batch).last_hidden_state, atol=1e-5, rtol=1e-4
+        )
 
 
 def test_checkpoint_of_another_architecture_is_one_clear_line(runs: dict[str, dict[str, Path]]) -> None:
@@ -117,7 +120,9 @@ def test_a_checkpoint_rewritten_in_place_is_reloaded(runs: dict[str, dict[str, P
         assert (second.model(tokens) - first.model(tokens)).abs().max() > 1e-4
 
 
-def test_gpt2_adapter_orientation_follows_the_base_not_the_config_flag(runs: dict[str, dict[str, Path]], tmp_path: Path) -> None:
+def test_gpt2_adapter_orientation_follows_the_base_not_the_config_flag(
+    runs: dict[str, dict[str, Path]], tmp_path: Path
+) -> None:
     """GPT-2's Conv1D stores W as (in, out): a square c_proj update must be merged transposed even when
     an adapter's config says fan_in_fan_out=false (peft itself forces it true for Conv1D)."""
     import json

@@ -1,17 +1,18 @@
 """Loading real weights: tiny LLMs through TransformerBridge against plain HF, the bundled encoder, sae-lens SAEs."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
+from session_fixtures import D_MODEL, N_LAYERS, build_sae, fake_hub_cache, tiny_base
 
 from session import service
 from session.model_cache import ModelCache
 from session.models import load_base
 from session.sae import session_sae
 from session.state import load_session
-from session_fixtures import D_MODEL, N_LAYERS, build_sae, fake_hub_cache, tiny_base
 from toolserver.contract import ToolError
 from toolserver.registry import get_tool
 from toolserver.runner import invoke
@@ -71,7 +72,11 @@ def test_bundled_encoder_starts_an_embedding_session_offline() -> None:
     assert env.result.default_layer == 3
     loaded = load_base(load_session("minilm"), CACHE)
     assert type(loaded.model).__name__ == "BertModel"
-    batch = loaded.tokenizer(["a cat sits on the mat", "a cat is sitting on a mat", "stock prices fell sharply"], padding=True, return_tensors="pt")
+    batch = loaded.tokenizer(
+        ["a cat sits on the mat", "a cat is sitting on a mat", "stock prices fell sharply"],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         hidden = loaded.model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1)
@@ -80,14 +85,25 @@ def test_bundled_encoder_starts_an_embedding_session_offline() -> None:
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
 
 
-def test_local_sae_loads_with_hook_and_encodes_like_the_formula(bases: dict[str, Path], sae_dirs: dict[str, Path]) -> None:
+def test_local_sae_loads_with_hook_and_encodes_like_the_formula(
+    bases: dict[str, Path], sae_dirs: dict[str, Path]
+) -> None:
     invoke(get_tool("start_session"), {"id": "sae-run", "model": str(bases["gpt2"])})
     env = invoke(get_tool("load_sae"), {"sae": str(sae_dirs["ok"])})
-    assert (env.result.hook, env.result.layer, env.result.d_in, env.result.d_sae) == ("blocks.1.hook_resid_post", 1, D_MODEL, 128)
+    assert (env.result.hook, env.result.layer, env.result.d_in, env.result.d_sae) == (
+        "blocks.1.hook_resid_post",
+        1,
+        D_MODEL,
+        128,
+    )
     assert env.result.architecture == "standard" and env.result.source == "local" and not env.result.hook_assumed
     assert [f.severity for f in env.findings] == ["info"]  # no centring or assumed-hook warning for this SAE
     stored = load_session("sae-run")
-    assert (stored.sae, stored.sae_hook, stored.sae_layer) == (str(sae_dirs["ok"].resolve()), "blocks.1.hook_resid_post", 1)
+    assert (stored.sae, stored.sae_hook, stored.sae_layer) == (
+        str(sae_dirs["ok"].resolve()),
+        "blocks.1.hook_resid_post",
+        1,
+    )
 
     loaded = load_base(stored, CACHE)
     tokens = loaded.tokenizer(PROMPTS, padding=True, return_tensors="pt")["input_ids"]
@@ -109,11 +125,16 @@ def test_local_sae_loads_with_hook_and_encodes_like_the_formula(bases: dict[str,
     assert status.sae_hook == "blocks.1.hook_resid_post" and status.calls == 2
 
 
-def test_sae_without_hook_metadata_falls_back_to_the_default_layer(bases: dict[str, Path], sae_dirs: dict[str, Path]) -> None:
+def test_sae_without_hook_metadata_falls_back_to_the_default_layer(
+    bases: dict[str, Path], sae_dirs: dict[str, Path]
+) -> None:
     session, _ = service.start_session("fallback", str(bases["llama"]))
     _, info = service.load_sae(session, str(sae_dirs["no_hook"]), CACHE)
     assert (info.layer, info.hook, info.hook_assumed) == (1, "blocks.1.hook_resid_post", True)  # middle of 2 layers
-    assert service.status(session, CACHE).sae_in_memory and not service.status(load_session("fallback"), ModelCache()).sae_in_memory
+    assert (
+        service.status(session, CACHE).sae_in_memory
+        and not service.status(load_session("fallback"), ModelCache()).sae_in_memory
+    )
 
 
 def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -139,7 +160,9 @@ def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[st
 def test_llm_the_bridge_cannot_load_is_one_clear_line(tmp_path: Path) -> None:
     model_dir = tmp_path / "biogpt"
     model_dir.mkdir()
-    (model_dir / "config.json").write_text('{"model_type": "biogpt", "architectures": ["BioGptForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2}')
+    (model_dir / "config.json").write_text(
+        '{"model_type": "biogpt", "architectures": ["BioGptForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2}'
+    )
     session, _ = service.start_session("biogpt", str(model_dir))
     assert session.kind == "llm"
     with pytest.raises(ToolError) as e:
@@ -148,7 +171,9 @@ def test_llm_the_bridge_cannot_load_is_one_clear_line(tmp_path: Path) -> None:
     assert "\n" not in text and "TransformerBridge" in text and "BioGptForCausalLM" in text and len(text) < 400, text
 
 
-def test_pretrained_sae_loads_from_the_hf_cache_offline(bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pretrained_sae_loads_from_the_hf_cache_offline(
+    bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """release/sae_id resolves through sae-lens' registry to the cached files, hub unreachable; its metadata
     says the model it was trained on had centred writing weights, which the result and a warning carry."""
     import huggingface_hub.constants
@@ -158,11 +183,18 @@ def test_pretrained_sae_loads_from_the_hf_cache_offline(bases: dict[str, Path], 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     invoke(get_tool("start_session"), {"id": "cached", "model": str(bases["gpt2"])})
     env = invoke(get_tool("load_sae"), {"sae": "gpt2-small-res-jb/blocks.1.hook_resid_pre"})
-    assert (env.result.source, env.result.hook, env.result.layer, env.result.d_in) == ("pretrained", "blocks.1.hook_resid_pre", 1, D_MODEL)
+    assert (env.result.source, env.result.hook, env.result.layer, env.result.d_in) == (
+        "pretrained",
+        "blocks.1.hook_resid_pre",
+        1,
+        D_MODEL,
+    )
     assert env.result.model_kwargs == {"center_writing_weights": True}
     # HookedTransformer's defaults fill in the rest; only the processing that changes resid_pre is applied
-    assert env.result.processing.endswith("TransformerLens processing: center_writing_weights (fold_ln, center_unembed, "
-                                          "fold_value_biases skipped: they do not change blocks.1.hook_resid_pre)")
+    assert env.result.processing.endswith(
+        "TransformerLens processing: center_writing_weights (fold_ln, center_unembed, "
+        "fold_value_biases skipped: they do not change blocks.1.hook_resid_pre)"
+    )
     assert any("center_writing_weights" in f.text for f in env.findings)
     assert load_session("cached").sae == "gpt2-small-res-jb/blocks.1.hook_resid_pre"
     # an id of the same release that is not cached: one line saying so
@@ -186,4 +218,6 @@ def test_centred_writing_weights_only_remove_each_residual_vectors_mean(bases: d
     for hook in hooks:
         x = ours[hook]
         assert (x - theirs[hook]).abs().max() > 1e-3  # unprocessed activations differ ...
-        torch.testing.assert_close(x - x.mean(-1, keepdim=True), theirs[hook], atol=1e-5, rtol=1e-4)  # ... by their mean only
+        torch.testing.assert_close(
+            x - x.mean(-1, keepdim=True), theirs[hook], atol=1e-5, rtol=1e-4
+        )  # ... by their mean only

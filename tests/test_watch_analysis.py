@@ -1,5 +1,6 @@
 """Analysis checkpoints: statistics against numpy, cadence, triggers, a real training run writing them,
 and readers refusing unknown schema versions."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,19 @@ import pytest
 import torch
 from watch_fixtures import BATCH, sequences, tiny_lm
 
-from toolserver.contract import ToolError
 from tools.watch import StepLogger
 from tools.watch.analysis_checkpoint import (
-    PERCENTILES, AnalysisConfig, Triggers, attention_stats, read_analysis_checkpoint, sampled_grid, scheduled, tensor_stats,
+    PERCENTILES,
+    AnalysisConfig,
+    Triggers,
+    attention_stats,
+    read_analysis_checkpoint,
+    sampled_grid,
+    scheduled,
+    tensor_stats,
 )
 from tools.weight_diff.compute import single_thread  # a model this small only loses time to a second thread
+from toolserver.contract import ToolError
 
 
 def sig4(x: float) -> float:
@@ -93,7 +101,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = sequences(60 * BATCH)
     with single_thread(), StepLogger(model, path=out / "metrics.jsonl", analysis_dir=out) as log:
         for step in range(1, 61):
-            x = data[(step - 1) * BATCH: step * BATCH]
+            x = data[(step - 1) * BATCH : step * BATCH]
             opt.zero_grad()
             outputs = model(input_ids=x, labels=x, output_attentions=True)
             outputs.loss.backward()
@@ -139,7 +147,9 @@ def test_reader_refuses_unknown_versions(recorded: Path, tmp_path: Path) -> None
     data["schema_version"] = "trainspect.analysis.v2"
     future = tmp_path / "analysis_future.json"
     future.write_text(json.dumps(data))
-    with pytest.raises(ToolError, match=r"schema_version 'trainspect.analysis.v2'; this trainspect reads 'trainspect.analysis.v1'"):
+    with pytest.raises(
+        ToolError, match=r"schema_version 'trainspect.analysis.v2'; this trainspect reads 'trainspect.analysis.v1'"
+    ):
         read_analysis_checkpoint(future)
     del data["schema_version"]
     future.write_text(json.dumps(data))

@@ -1,6 +1,7 @@
 """Emitters: per-module grad norms against a direct computation, line-atomic JSONL under a concurrent
 reader, and the mirror path — never blocking training when the mirror is down or stalls, and
 delivering step and signal events to a real running mirror."""
+
 from __future__ import annotations
 
 import json
@@ -18,12 +19,12 @@ import pytest
 import torch
 from torch import nn
 from watch_fixtures import tiny_lm
+from web_fixtures import free_port
 
 from tools.watch import StepLogger
 from tools.watch.emitters import GradNormMeter, MirrorSink
 from tools.watch.readers import JsonlReader
 from tools.watch.snapshot import StepSnapshot
-from web_fixtures import free_port
 
 BIN = Path(sys.executable).parent / "trainspect"
 
@@ -86,7 +87,9 @@ def test_one_host_read_per_step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     reads: list[str] = []
     for name in ("tolist", "item", "cpu", "__float__", "numpy"):
         original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name, **k: reads.append(_n) or _f(self, *a, **k))
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _f=original, _n=name, **k: reads.append(_n) or _f(self, *a, **k)
+        )
     model = tiny_lm()
     x = torch.randint(0, 64, (2, 8))
     with StepLogger(model, path=tmp_path / "m.jsonl") as log:
@@ -214,11 +217,12 @@ def test_mirror_down_spools_and_raises_nothing(tmp_path: Path, isolated_home: Pa
     assert spooled.count('"training.watch.step"') == 5 and '"training.watch.summary"' in spooled
 
 
-
 def test_steps_and_signals_reach_a_running_mirror(tmp_path: Path, isolated_home: Path) -> None:
     port = free_port()
     env = {**os.environ, "TRAINSPECT_HOME": str(isolated_home)}
-    server = subprocess.Popen([str(BIN), "web", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [str(BIN), "web", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

@@ -1,6 +1,7 @@
 """The signal engine: each detector fires at a known step with a known severity on a hand-built metrics
 file, its near miss does not, cooldown and same-step signals behave as designed, and the incremental
 engine agrees with the full-history reference design on random streams."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,9 @@ def test_nine_rising_steps_do_not_diverge(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("last, severity", [(2.5, "warn"), (2.51, "critical")])
-def test_divergence_counts_equal_losses_and_is_critical_only_above_half(tmp_path: Path, last: float, severity: str) -> None:
+def test_divergence_counts_equal_losses_and_is_critical_only_above_half(
+    tmp_path: Path, last: float, severity: str
+) -> None:
     # steps 21..30: equal neighbours still count as "each >= the one before"; rise exactly 0.5 is not > 0.5
     tail = [2.0, 2.0, 2.0, 2.0, 2.0, 2.25, 2.25, 2.5, 2.5, last]
     result = watch(write_jsonl(tmp_path / "m.jsonl", steps(20) + steps(10, start=21, loss=lambda i: tail[i - 21])))
@@ -87,13 +90,16 @@ def test_spike_baseline_is_exactly_the_previous_twenty_values(tmp_path: Path) ->
     assert fired(tmp_path, rows) == [("gradient_spike", "warn", 31)]
 
 
-@pytest.mark.parametrize("base, spike, want", [
-    (1.0, 5.0, []),  # exactly 5× is not above 5×
-    (1.0, 20.0, [("gradient_spike", "warn", 31)]),  # exactly 20× is a warning, not critical
-    (1.0, 20.5, [("gradient_spike", "critical", 31)]),
-    (0.1, 1.0, []),  # 10× the baseline but not above 1.0
-    (0.1, 1.01, [("gradient_spike", "warn", 31)]),
-])
+@pytest.mark.parametrize(
+    "base, spike, want",
+    [
+        (1.0, 5.0, []),  # exactly 5× is not above 5×
+        (1.0, 20.0, [("gradient_spike", "warn", 31)]),  # exactly 20× is a warning, not critical
+        (1.0, 20.5, [("gradient_spike", "critical", 31)]),
+        (0.1, 1.0, []),  # 10× the baseline but not above 1.0
+        (0.1, 1.01, [("gradient_spike", "warn", 31)]),
+    ],
+)
 def test_spike_limits_are_strict(tmp_path: Path, base: float, spike: float, want: list) -> None:
     assert fired(tmp_path, steps(40, max_grad=lambda i: spike if i == 31 else base)) == want
 
@@ -105,7 +111,10 @@ def test_spike_waits_for_a_full_baseline(tmp_path: Path) -> None:
 
 def test_cooldown_is_thirty_steps(tmp_path: Path) -> None:
     assert fired(tmp_path, grads({31: 10.0, 60: 10.0})) == [("gradient_spike", "warn", 31)]
-    assert fired(tmp_path, grads({31: 10.0, 61: 10.0})) == [("gradient_spike", "warn", 31), ("gradient_spike", "warn", 61)]
+    assert fired(tmp_path, grads({31: 10.0, 61: 10.0})) == [
+        ("gradient_spike", "warn", 31),
+        ("gradient_spike", "warn", 61),
+    ]
 
 
 def test_cooldown_counts_steps_not_events(tmp_path: Path) -> None:
@@ -116,7 +125,9 @@ def test_cooldown_counts_steps_not_events(tmp_path: Path) -> None:
 
 # ----- attention_head_dead / dead_layers --------------------------------------------------------
 def norms(dead: dict[str, range], n: int = 25):
-    return steps(n, grad_norms=lambda i: {name: (0.0 if i in dead.get(name, ()) else 0.5) for name in (ATTN, MLP, MLP2)})
+    return steps(
+        n, grad_norms=lambda i: {name: (0.0 if i in dead.get(name, ()) else 0.5) for name in (ATTN, MLP, MLP2)}
+    )
 
 
 def test_attention_head_dead_on_fifth_step(tmp_path: Path) -> None:
@@ -135,7 +146,9 @@ def test_dead_layers_names_every_dead_layer(tmp_path: Path) -> None:
 def test_a_layer_that_stays_dead_is_named_again_once_per_cooldown(tmp_path: Path) -> None:
     result = watch(write_jsonl(tmp_path / "m.jsonl", norms({MLP: range(1, 71)}, n=70)))
     assert [(s.type, s.step, s.layers) for s in result.signals] == [("dead_layers", n, [MLP]) for n in (5, 35, 65)]
-    assert [s.message.endswith(f"{MLP} ({n} steps)") for s, n in zip(result.signals, (5, 35, 65))] == [True] * 3
+    assert [s.message.endswith(f"{MLP} ({n} steps)") for s, n in zip(result.signals, (5, 35, 65), strict=True)] == [
+        True
+    ] * 3
 
 
 def test_a_recovered_layer_starts_a_new_streak(tmp_path: Path) -> None:
@@ -163,7 +176,11 @@ def test_attention_regex_is_configurable(tmp_path: Path) -> None:
 
 
 def test_missing_layer_keeps_its_streak(tmp_path: Path) -> None:
-    rows = steps(3, grad_norms={MLP: 0.0}) + steps(2, start=4, grad_norms={ATTN: 1.0}) + steps(2, start=6, grad_norms={MLP: 0.0})
+    rows = (
+        steps(3, grad_norms={MLP: 0.0})
+        + steps(2, start=4, grad_norms={ATTN: 1.0})
+        + steps(2, start=6, grad_norms={MLP: 0.0})
+    )
     assert fired(tmp_path, rows) == [("dead_layers", "warn", 7)]
 
 
@@ -193,7 +210,9 @@ def test_plateau_uses_population_variance() -> None:
 def test_plateau_limit_is_strict(ratio: float, want: list) -> None:
     # losses 3, 1, 3, 1…: mean 2, population variance exactly 1 = 0.25 × mean², not below it
     engine = SignalEngine(EngineConfig(plateau_ratio=ratio))
-    assert [(s.type, s.step) for i in range(1, 21) for s in engine.observe(StepSnapshot(step=i, loss=2.0 + (-1) ** i))] == want
+    assert [
+        (s.type, s.step) for i in range(1, 21) for s in engine.observe(StepSnapshot(step=i, loss=2.0 + (-1) ** i))
+    ] == want
 
 
 def test_all_zero_loss_is_a_plateau(tmp_path: Path) -> None:
@@ -202,7 +221,11 @@ def test_all_zero_loss_is_a_plateau(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
 def test_nonfinite_loss_is_critical(tmp_path: Path, bad: str) -> None:
-    rows = [json.dumps(r) for r in steps(6)] + [f'{{"step": 7, "loss": {bad}}}'] + [json.dumps(r) for r in steps(3, start=8)]
+    rows = (
+        [json.dumps(r) for r in steps(6)]
+        + [f'{{"step": 7, "loss": {bad}}}']
+        + [json.dumps(r) for r in steps(3, start=8)]
+    )
     result = watch(write_jsonl(tmp_path / "m.jsonl", rows))
     (s,) = result.signals
     assert (s.type, s.severity, s.step, s.value) == ("loss_nonfinite", "critical", 7, None)
@@ -222,8 +245,11 @@ def test_a_nonfinite_step_is_not_a_plateau_step(tmp_path: Path) -> None:
     # plateau at 20; when its cooldown ends at step 50 the loss is inf: the plateau waits for step 51
     flat = steps(55, loss=2.0)
     flat[49]["loss"] = float("inf")
-    assert fired(tmp_path, flat) == [("loss_nonfinite", "critical", 50), ("loss_plateau", "info", 20),
-                                     ("loss_plateau", "info", 51)]
+    assert fired(tmp_path, flat) == [
+        ("loss_nonfinite", "critical", 50),
+        ("loss_plateau", "info", 20),
+        ("loss_plateau", "info", 51),
+    ]
 
 
 # ----- several signals on one step --------------------------------------------------------------
@@ -242,9 +268,21 @@ def test_every_detector_on_one_step_keeps_priority_order() -> None:
     out: list[Signal] = []
     for i in range(1, 31):
         dead = i >= 26
-        out = engine.observe(StepSnapshot(step=i, loss=2.0 + 0.001 * i, max_grad=50.0 if i == 30 else 1.0,
-                                          grad_norms={ATTN: 0.0 if dead else 1.0, MLP: 0.0 if dead else 1.0}))
-    assert [s.type for s in out] == ["loss_diverging", "gradient_spike", "attention_head_dead", "dead_layers", "loss_plateau"]
+        out = engine.observe(
+            StepSnapshot(
+                step=i,
+                loss=2.0 + 0.001 * i,
+                max_grad=50.0 if i == 30 else 1.0,
+                grad_norms={ATTN: 0.0 if dead else 1.0, MLP: 0.0 if dead else 1.0},
+            )
+        )
+    assert [s.type for s in out] == [
+        "loss_diverging",
+        "gradient_spike",
+        "attention_head_dead",
+        "dead_layers",
+        "loss_plateau",
+    ]
 
 
 # ----- incremental vs the reference design ------------------------------------------------------
@@ -258,8 +296,11 @@ def _random_stream(seed: int, n: int = 2500) -> list[StepSnapshot]:
         value = float("nan") if bad < 0.01 else float("inf") if bad < 0.02 else loss
         g = rng.choice([None, rng.uniform(0.1, 1), rng.uniform(0.1, 1), rng.uniform(5, 30), float("inf")])
         gn = {f"l{j}.{'attn' if j % 2 else 'mlp'}": (0.0 if rng.random() < 0.45 else 1.0) for j in range(4)}
-        out.append(StepSnapshot(step=i * 2, loss=value, max_grad=g, grad_norms=gn if rng.random() < 0.9 else None,
-                                epoch=i / 100))
+        out.append(
+            StepSnapshot(
+                step=i * 2, loss=value, max_grad=g, grad_norms=gn if rng.random() < 0.9 else None, epoch=i / 100
+            )
+        )
     return out
 
 
@@ -275,8 +316,14 @@ def test_incremental_engine_matches_full_history_reference(seed: int) -> None:
     got = [_key(s) for snap in stream for s in fast.observe(snap)]
     want = [_key(s) for snap in stream for s in ref.observe(snap)]
     assert got == want
-    assert {k[0] for k in got} == {"loss_nonfinite", "loss_diverging", "gradient_spike", "attention_head_dead",
-                                   "dead_layers", "loss_plateau"}
+    assert {k[0] for k in got} == {
+        "loss_nonfinite",
+        "loss_diverging",
+        "gradient_spike",
+        "attention_head_dead",
+        "dead_layers",
+        "loss_plateau",
+    }
 
 
 def test_state_round_trip_continues_identically() -> None:

@@ -1,4 +1,5 @@
 """TrainspectCallback inside a real transformers.Trainer on a tiny GPT-2."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ class PreClipNorms(TrainerCallback):
     def __init__(self, model: torch.nn.Module) -> None:
         self.steps: list[dict[str, float]] = []
         for name, p in model.named_parameters():  # a tied weight is listed (and hooked) once
-            p.register_post_accumulate_grad_hook(lambda p, name=name: self.steps[-1].__setitem__(name, float(p.grad.norm())))
+            p.register_post_accumulate_grad_hook(
+                lambda p, name=name: self.steps[-1].__setitem__(name, float(p.grad.norm()))
+            )
 
     def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
         self.steps.append({})
@@ -47,12 +50,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[s
     model = tiny_lm()
     model.transformer.h[0].mlp.c_proj.register_forward_hook(lambda module, args, output: output.detach())
     pre_clip = PreClipNorms(model)
-    args = TrainingArguments(output_dir=str(root / "out"), max_steps=40, logging_steps=1, per_device_train_batch_size=8,
-                             learning_rate=3e-3, max_grad_norm=1.0, save_strategy="no", report_to=[], use_cpu=True,
-                             disable_tqdm=True, dataloader_num_workers=0)
+    args = TrainingArguments(
+        output_dir=str(root / "out"),
+        max_steps=40,
+        logging_steps=1,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        max_grad_norm=1.0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     with single_thread():
-        Trainer(model=model, args=args, train_dataset=Rows(320),
-                callbacks=[pre_clip, TrainspectCallback(path=root / "metrics.jsonl", run="hf-run")]).train()
+        Trainer(
+            model=model,
+            args=args,
+            train_dataset=Rows(320),
+            callbacks=[pre_clip, TrainspectCallback(path=root / "metrics.jsonl", run="hf-run")],
+        ).train()
     return root / "metrics.jsonl", pre_clip.steps
 
 
@@ -67,11 +84,16 @@ def test_norms_are_pre_clip(trained: tuple) -> None:
     path, pre_clip = trained
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(pre_clip) == len(rows) == 40
-    assert sum(r["grad_norm_total"] > 1.0 for r in rows) >= 5, "max_grad_norm=1.0 should clip a fresh model's first steps"
-    for row, params in zip(rows, pre_clip):
+    assert sum(r["grad_norm_total"] > 1.0 for r in rows) >= 5, (
+        "max_grad_norm=1.0 should clip a fresh model's first steps"
+    )
+    for row, params in zip(rows, pre_clip, strict=True):
         for module, logged in row["gradNorms"].items():
             own = [v for name, v in params.items() if name.rsplit(".", 1)[0] == module]
-            assert logged == pytest.approx(math.sqrt(sum(v * v for v in own)), rel=1e-4, abs=1e-9), (row["step"], module)
+            assert logged == pytest.approx(math.sqrt(sum(v * v for v in own)), rel=1e-4, abs=1e-9), (
+                row["step"],
+                module,
+            )
         assert row["maxGrad"] == pytest.approx(max(params.values()), rel=1e-4)
 
 

@@ -1,5 +1,6 @@
 """Readers: bad lines with line numbers, unknown keys kept, partial last lines, CRLF, spellings, the
 three formats, and the real logs in ../shared/reallogs (each checked against a direct parse)."""
+
 from __future__ import annotations
 
 import csv
@@ -12,34 +13,57 @@ import pytest
 from watch_fixtures import steps, watch, write_jsonl
 
 from bench.watch import FullHistoryEngine
-from toolserver.contract import ToolError
 from tools.watch.readers import JsonlReader, TableReader, detect_format
 from tools.watch.snapshot import StepSnapshot
+from toolserver.contract import ToolError
 
 
 def test_bad_lines_are_reported_with_line_numbers_and_skipped(tmp_path: Path) -> None:
     rows = [json.dumps(r) for r in steps(10)]
     rows[2] = '{"step": 3, "loss": '  # truncated
     rows[4] = '{"step": 5, "loss": "abc"}'
-    rows[6] = '[1, 2]'
+    rows[6] = "[1, 2]"
     rows[8] = '{"step": 9.5, "loss": 1.0}'
     rows.insert(5, "")  # a blank line is not an error (line 6)
     result = watch(write_jsonl(tmp_path / "m.jsonl", rows))
     s = result.summary
     assert s.steps_seen == 6 and s.bad_lines == 4
     assert [(b.line, b.error.split(":")[0]) for b in s.bad_line_examples] == [
-        (3, "invalid JSON"), (5, "loss"), (8, "not a JSON object (list)"), (10, "step")]
+        (3, "invalid JSON"),
+        (5, "loss"),
+        (8, "not a JSON object (list)"),
+        (10, "step"),
+    ]
 
 
 def test_unknown_keys_are_kept_and_spellings_accepted() -> None:
     snap = StepSnapshot.model_validate_json(
         '{"current_steps": 4, "loss": 1.5, "lr": 0.001, "grad_norm": 2.0, "grad_norms": {"a": 1}, '
-        '"dead_layers": ["b"], "epoch": "0.5", "tokens_per_s": 1200, "note": "warmup"}')
+        '"dead_layers": ["b"], "epoch": "0.5", "tokens_per_s": 1200, "note": "warmup"}'
+    )
     assert (snap.step, snap.loss, snap.learning_rate, snap.max_grad, snap.grad_norms, snap.dead_layers, snap.epoch) == (
-        4, 1.5, 0.001, 2.0, {"a": 1.0}, ["b"], 0.5)
-    assert snap.wire() == {"step": 4, "loss": 1.5, "learning_rate": 0.001, "maxGrad": 2.0, "gradNorms": {"a": 1.0},
-                           "deadLayers": ["b"], "epoch": 0.5, "tokens_per_s": 1200, "note": "warmup"}
-    camel = StepSnapshot.model_validate({"step": 1, "loss": 1, "learning_rate": 0.1, "maxGrad": 3, "gradNorms": {}, "deadLayers": []})
+        4,
+        1.5,
+        0.001,
+        2.0,
+        {"a": 1.0},
+        ["b"],
+        0.5,
+    )
+    assert snap.wire() == {
+        "step": 4,
+        "loss": 1.5,
+        "learning_rate": 0.001,
+        "maxGrad": 2.0,
+        "gradNorms": {"a": 1.0},
+        "deadLayers": ["b"],
+        "epoch": 0.5,
+        "tokens_per_s": 1200,
+        "note": "warmup",
+    }
+    camel = StepSnapshot.model_validate(
+        {"step": 1, "loss": 1, "learning_rate": 0.1, "maxGrad": 3, "gradNorms": {}, "deadLayers": []}
+    )
     assert (camel.learning_rate, camel.max_grad, camel.grad_norms, camel.dead_layers) == (0.1, 3.0, {}, [])
 
 
@@ -91,8 +115,10 @@ def test_steps_going_backwards_are_skipped_and_reported(tmp_path: Path) -> None:
 
 
 def test_trainer_state(tmp_path: Path) -> None:
-    history = [{"epoch": 0.1 * i, "grad_norm": 1.0, "learning_rate": 1e-4, "loss": 2.0 + 0.5 * (-1) ** i, "step": i}
-               for i in range(1, 41)]
+    history = [
+        {"epoch": 0.1 * i, "grad_norm": 1.0, "learning_rate": 1e-4, "loss": 2.0 + 0.5 * (-1) ** i, "step": i}
+        for i in range(1, 41)
+    ]
     history.insert(20, {"epoch": 2.0, "eval_loss": 1.1, "step": 20})
     history[30]["grad_norm"] = 9.0  # step 30
     history.append({"epoch": 4.0, "step": 40, "train_loss": 2.1, "train_runtime": 10.0})
@@ -145,7 +171,9 @@ def _direct_losses(path: Path) -> list[tuple[int, float]]:
     """An independent parse: (step, loss) rows in file order, straight from json/csv."""
     if path.suffix == ".csv":
         with open(path, newline="") as f:
-            return [(int(r["step"]), float(r["train_loss_step"])) for r in csv.DictReader(f) if r.get("train_loss_step")]
+            return [
+                (int(r["step"]), float(r["train_loss_step"])) for r in csv.DictReader(f) if r.get("train_loss_step")
+            ]
     text = path.read_text()
     if text.lstrip().startswith("{") and "\n" in text and not text.split("\n", 1)[0].strip().endswith("}"):
         return [(e["step"], float(e["loss"])) for e in json.loads(text)["log_history"] if "loss" in e]
@@ -209,18 +237,24 @@ def _snapshots(path: Path) -> list[StepSnapshot]:
 def test_real_log_quirks(reallogs: Path) -> None:
     kg = watch(reallogs / "ChenguangYang96UCR__KG-LLM__outputs_trainer_state.json").summary
     assert kg.max_grad_max == pytest.approx(19.28, abs=0.01) and kg.max_grad_max_step == 10  # NaN grad norms ignored
-    zero = watch(reallogs / "ijinyu1113__Learned-Remasking-Policy-for-dLLM__pretrained_checkpoints_checkpoint-2000_trainer_state.json")
+    zero = watch(
+        reallogs
+        / "ijinyu1113__Learned-Remasking-Policy-for-dLLM__pretrained_checkpoints_checkpoint-2000_trainer_state.json"
+    )
     assert zero.summary.loss_first == 0.0 and math.copysign(1, zero.summary.loss_first) == 1  # logged as -0.0
     two_ranks = watch(reallogs / "rameyjm7__SFT-Training-LLM__trainer_log.jsonl").summary
     assert two_ranks.out_of_order == 702 and two_ranks.out_of_order_lines[0] == 2
     assert watch(reallogs / "hsc748NLP__NSLLM__trainer_log.jsonl").summary.skipped_rows == 1  # the closing line
 
 
-@pytest.mark.parametrize("name, message", [
-    ("mfts__spaceinvaders-wandb-challenge__wandb_wandb-history.jsonl", "none with a training loss"),
-    ("Rusheel86__Chaos-Economy__wandb_run-20260425_174928-7yj6c945_files_output.log", "unreadable lines"),
-    ("Eikor__iplm-rl__checkpoint-4000_adapter_config.json", "has no log_history"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("mfts__spaceinvaders-wandb-challenge__wandb_wandb-history.jsonl", "none with a training loss"),
+        ("Rusheel86__Chaos-Economy__wandb_run-20260425_174928-7yj6c945_files_output.log", "unreadable lines"),
+        ("Eikor__iplm-rl__checkpoint-4000_adapter_config.json", "has no log_history"),
+    ],
+)
 def test_real_files_that_are_not_step_logs(reallogs: Path, name: str, message: str) -> None:
     with pytest.raises(ToolError, match=message):
         watch(reallogs / name)

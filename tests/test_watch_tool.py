@@ -1,5 +1,6 @@
 """The watch tool: since_last cursors, follow mode against a live writer process, live events, the
 card payload and terminal table, the CLI and MCP front doors."""
+
 from __future__ import annotations
 
 import json
@@ -15,16 +16,15 @@ from typing import Any
 import anyio
 import jsonschema
 import pytest
-
-from session.context import ToolContext
 from mcp import Client
 from watch_fixtures import ATTN, MLP, RecordingReporter, steps, watch, write_jsonl
 
-from toolserver.contract import SilentReporter
-from toolserver.runner import invoke
+from session.context import ToolContext
 from tools.watch import SPEC
 from tools.watch.models import WatchInput, WatchResult
 from tools.watch.run import run
+from toolserver.contract import SilentReporter
+from toolserver.runner import invoke
 
 BIN = Path(sys.executable).parent / "trainspect"
 
@@ -81,10 +81,13 @@ def test_full_replay_ignores_but_refreshes_the_cursor(tmp_path: Path) -> None:
     assert watch(path, since_last=True).new_steps == 0
 
 
-@pytest.mark.parametrize("change, note", [
-    ("replace", "replaced or truncated"),
-    ("thresholds", "thresholds changed"),
-])
+@pytest.mark.parametrize(
+    "change, note",
+    [
+        ("replace", "replaced or truncated"),
+        ("thresholds", "thresholds changed"),
+    ],
+)
 def test_since_last_starts_over_when_the_cursor_no_longer_applies(tmp_path: Path, change: str, note: str) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", spiky(40, spikes=(31,)))
     watch(path, since_last=True)
@@ -114,20 +117,28 @@ WRITER = textwrap.dedent("""
 
 
 def _writer(path: Path, n: int, delay: float) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(n), str(delay)], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(n), str(delay)], stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_follow_reports_signals_before_the_writer_ends(tmp_path: Path) -> None:
     path = tmp_path / "live.jsonl"
     reporter = RecordingReporter()
     out: dict[str, WatchResult] = {}
-    thread = threading.Thread(target=lambda: out.setdefault("r", watch(path, reporter, follow=True, idle_timeout_s=1.5)))
+    thread = threading.Thread(
+        target=lambda: out.setdefault("r", watch(path, reporter, follow=True, idle_timeout_s=1.5))
+    )
     thread.start()  # before the file exists: follow waits for it
     time.sleep(0.3)
     writer = _writer(path, 60, 0.04)
     writer_end = float(writer.communicate(timeout=60)[0])
     thread.join(timeout=30)
-    signals = [(t, d["signal"]["type"], d["signal"]["step"], text) for t, typ, d, text in reporter.events if typ == "training.watch.signal"]
+    signals = [
+        (t, d["signal"]["type"], d["signal"]["step"], text)
+        for t, typ, d, text in reporter.events
+        if typ == "training.watch.signal"
+    ]
     assert [(k, s) for _, k, s, _ in signals] == [("dead_layers", 14), ("gradient_spike", 25), ("dead_layers", 44)]
     assert all(t < writer_end for t, *_ in signals)
     assert all(text and "step" in text for *_, text in signals)  # terminal lines while following
@@ -141,8 +152,13 @@ def test_cli_follow_prints_signals_while_the_writer_runs(tmp_path: Path, isolate
     path = tmp_path / "live.jsonl"
     path.touch()
     env = {**os.environ, "TRAINSPECT_HOME": str(isolated_home), "TRAINSPECT_MIRROR_URL": ""}
-    cli = subprocess.Popen([str(BIN), "watch", "--metrics", str(path), "--follow", "--idle-timeout-s", "2"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cli = subprocess.Popen(
+        [str(BIN), "watch", "--metrics", str(path), "--follow", "--idle-timeout-s", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     seen: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: seen.extend((time.monotonic(), line) for line in cli.stdout))  # type: ignore[union-attr]
     reader.start()
@@ -168,16 +184,23 @@ class Mirror:
 
 
 def test_runner_events_and_card_payload(tmp_path: Path) -> None:
-    rows = steps(10_000, max_grad=lambda i: 50.0 if i == 5003 else 1.0,
-                 grad_norms=lambda i: {ATTN: 0.0 if 100 <= i < 110 else 0.3, MLP: 0.4})
+    rows = steps(
+        10_000,
+        max_grad=lambda i: 50.0 if i == 5003 else 1.0,
+        grad_norms=lambda i: {ATTN: 0.0 if 100 <= i < 110 else 0.3, MLP: 0.4},
+    )
     path = write_jsonl(tmp_path / "big.jsonl", rows)
     mirror, progress = Mirror(), []
-    env = invoke(SPEC, {"metrics": str(path), "run": "exp-1"}, mirror=mirror, on_progress=lambda f, m: progress.append(f))
+    env = invoke(
+        SPEC, {"metrics": str(path), "run": "exp-1"}, mirror=mirror, on_progress=lambda f, m: progress.append(f)
+    )
     types = [e.type for e in mirror.events]
     assert types[0] == "tool.start" and types[-1] == "tool.result"
     signal_events = [e.data for e in mirror.events if e.type == "training.watch.signal"]
     assert {(d["run"], d["signal"]["type"], d["signal"]["step"]) for d in signal_events} == {
-        ("exp-1", "attention_head_dead", 104), ("exp-1", "gradient_spike", 5003)}
+        ("exp-1", "attention_head_dead", 104),
+        ("exp-1", "gradient_spike", 5003),
+    }
     assert "training.watch.step" not in types  # a replay sends the series once, in the card
     assert "training.watch.summary" in types and progress and progress[-1] == 1.0
     slim = mirror.events[-1].data["slim"]
@@ -198,7 +221,9 @@ def test_findings_quote_each_types_most_telling_signal(tmp_path: Path) -> None:
         rows[step - 1]["maxGrad"] = g
     outcome = run(ToolContext(None), WatchInput(metrics=str(write_jsonl(tmp_path / "m.jsonl", rows))), SilentReporter())
     diverging, spike = outcome.findings[:2]  # both warnings: in the engine's priority order
-    assert spike.text.startswith("gradient_spike ×3 (steps 31–110): max grad norm 15 ") and spike.text.endswith("[step 70]")
+    assert spike.text.startswith("gradient_spike ×3 (steps 31–110): max grad norm 15 ") and spike.text.endswith(
+        "[step 70]"
+    )
     assert diverging.text.startswith("loss_diverging ×1 (step 150)")
 
 
@@ -226,7 +251,9 @@ def test_a_long_signal_stream_is_capped_without_hiding_a_rarer_signal(tmp_path: 
     assert len(result.signals) == 10 and len(reporter.of("training.watch.signal")) == 200
     assert [(s.type, s.step) for s in result.signals if s.type == "gradient_spike"] == [("gradient_spike", 19_000)]
     assert [(g.type, g.count, g.first_step, g.last_step) for g in result.groups] == [
-        ("gradient_spike", 1, 19_000, 19_000), ("dead_layers", dead, 5, 19_985)]
+        ("gradient_spike", 1, 19_000, 19_000),
+        ("dead_layers", dead, 5, 19_985),
+    ]
     text = SPEC.table(result)
     assert sum(line.startswith("warn") and " dead_layers " in line for line in text.splitlines()) == 3  # then one line
     assert f"… dead_layers ×{dead - 3} more, steps 5–19985" in text

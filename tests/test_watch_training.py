@@ -1,6 +1,7 @@
 """Real training runs on CPU, logged with StepLogger: a run with a blocked MLP path and a learning rate
 pushed into divergence must name the layer and fire divergence; the healthy control fires nothing
 critical. The watch tool replaying the written file agrees with what fired live."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,6 +59,7 @@ def test_replaying_the_file_gives_the_signals_that_fired_live(runs: dict, name: 
     path, live = runs[name]
     result = watch(path, max_signals=1000)
     assert sorted((s.type, s.step, s.severity, tuple(s.layers)) for s in result.signals) == sorted(
-        (s.type, s.step, s.severity, tuple(s.layers)) for s in live)
+        (s.type, s.step, s.severity, tuple(s.layers)) for s in live
+    )
     assert result.summary.layers_reported == 15  # 16 modules, lm_head tied to wte
     assert result.summary.bad_lines == 0

@@ -1,4 +1,5 @@
 """The orchestrator's API and store: ingest, idempotency, folding into cards, auth, limits, SSE, restarts."""
+
 from __future__ import annotations
 
 import json
@@ -11,15 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from web_fixtures import CONTRACT, MAX_POINTS, app_for, ev, long_run, mirror_server, sse_messages, tool_call
 
 from toolserver.contract import ToolError
-from web_mirror.app import RECONNECT_MS, Card, create_app
+from web_mirror.app import RECONNECT_MS, Card
 from web_mirror.cards import Folder
 from web_mirror.events import Event
 from web_mirror.server import is_loopback, loopback_hosts, serve
 from web_mirror.store import Store
-
-from web_fixtures import CONTRACT, MAX_POINTS, app_for, ev, long_run, mirror_server, sse_messages, tool_call
 
 
 @pytest.fixture
@@ -57,30 +57,77 @@ def test_a_replayed_event_is_stored_once(client: TestClient) -> None:
 
 def test_cards_are_newest_first_and_errors_carry_their_hint(client: TestClient) -> None:
     client.post("/api/events", json=tool_call("s", "first"))
-    client.post("/api/events", json=[
-        ev("tool.start", "s", "second", tool="run_x", card="x", args={}),
-        ev("tool.error", "s", "second", tool="run_x", card="x", duration_s=0.1, error="bad checkpoint f.pt", hint="pass a .pt"),
-    ])
+    client.post(
+        "/api/events",
+        json=[
+            ev("tool.start", "s", "second", tool="run_x", card="x", args={}),
+            ev(
+                "tool.error",
+                "s",
+                "second",
+                tool="run_x",
+                card="x",
+                duration_s=0.1,
+                error="bad checkpoint f.pt",
+                hint="pass a .pt",
+            ),
+        ],
+    )
     cards = client.get("/api/sessions/s/cards").json()["cards"]
     assert [c["call_id"] for c in cards] == ["second", "first"]
-    assert cards[0]["status"] == "error" and cards[0]["error"] == "bad checkpoint f.pt" and cards[0]["hint"] == "pass a .pt"
+    assert (
+        cards[0]["status"] == "error"
+        and cards[0]["error"] == "bad checkpoint f.pt"
+        and cards[0]["hint"] == "pass a .pt"
+    )
     assert cards[0]["has_result"] is False
 
 
 def test_training_watch_events_fold_into_one_watch_card_nan_loss_included(client: TestClient) -> None:
     run = "run-7"
-    steps = [ev("training.watch.step", "s", run, run=run, snapshot={"step": i, "loss": 2.0 - 0.1 * i, "maxGrad": 0.5, "gradNorms": {"a": 1}}) for i in range(5)]
+    steps = [
+        ev(
+            "training.watch.step",
+            "s",
+            run,
+            run=run,
+            snapshot={"step": i, "loss": 2.0 - 0.1 * i, "maxGrad": 0.5, "gradNorms": {"a": 1}},
+        )
+        for i in range(5)
+    ]
     steps.append(ev("training.watch.step", "s", run, run=run, snapshot={"step": 5, "loss": float("nan")}))
-    signal_ = {"type": "gradient_spike", "severity": "critical", "step": 3, "metric": "maxGrad", "value": 30.0, "threshold": 5.0, "layers": [], "message": "spike"}
-    body = [*steps, ev("training.watch.signal", "s", run, run=run, signal=signal_), ev("training.watch.summary", "s", run, run=run, summary={"steps": 6})]
+    signal_ = {
+        "type": "gradient_spike",
+        "severity": "critical",
+        "step": 3,
+        "metric": "maxGrad",
+        "value": 30.0,
+        "threshold": 5.0,
+        "layers": [],
+        "message": "spike",
+    }
+    body = [
+        *steps,
+        ev("training.watch.signal", "s", run, run=run, signal=signal_),
+        ev("training.watch.summary", "s", run, run=run, summary={"steps": 6}),
+    ]
     # what a Python emitter posting NaN produces on the wire (json.dumps allows it by default)
     r = client.post("/api/events", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
     [card] = client.get("/api/sessions/s/cards").json()["cards"]
     assert card["kind"] == "watch" and card["status"] == "ok"
     w = card["live"]
-    assert w["family"] == "training.watch" and w["label"] == run and [s["step"] for s in w["points"]] == [0, 1, 2, 3, 4, 5]
-    assert w["points"][5]["loss"] == "NaN" and w["points"][0] == {"step": 0, "loss": 2.0, "maxGrad": 0.5, "learning_rate": None, "n": 0, "pinned": False}
+    assert (
+        w["family"] == "training.watch" and w["label"] == run and [s["step"] for s in w["points"]] == [0, 1, 2, 3, 4, 5]
+    )
+    assert w["points"][5]["loss"] == "NaN" and w["points"][0] == {
+        "step": 0,
+        "loss": 2.0,
+        "maxGrad": 0.5,
+        "learning_rate": None,
+        "n": 0,
+        "pinned": False,
+    }
     assert w["markers"] == [signal_] and w["summary"] == {"steps": 6}
     assert [s["step"] for s in w["points"] if s["pinned"]] == [3] and (w["seen"], w["stride"], w["pinned"]) == (6, 1, 1)
 
@@ -103,14 +150,18 @@ def test_a_long_run_keeps_a_bounded_series_with_the_last_step_and_every_signal_s
     steps = [p["step"] for p in w["points"]]
     assert len(steps) <= MAX_POINTS and steps == sorted(steps) and steps[-1] == 19_999
     assert w["seen"] == 19_999 and len(steps) > MAX_POINTS // 4
-    assert [p["step"] for p in w["points"] if p["pinned"]] == [s for s in LONG_SIGNALS if s != 777]  # 777's step was dropped
+    assert [p["step"] for p in w["points"] if p["pinned"]] == [
+        s for s in LONG_SIGNALS if s != 777
+    ]  # 777's step was dropped
     assert all(p["n"] % w["stride"] == 0 for p in w["points"][:-1] if not p["pinned"])
     assert early["last_seq"] < snapshot["last_seq"] == card["last_seq"]
     # a cold fold of the same log (a restarted server) gives the same cards as the incremental one
     with TestClient(app_for(home)) as client:
         assert client.get("/api/sessions/long/cards").json() == snapshot
     stored = Store.in_home(home)
-    assert [Card(**c).model_dump(mode="json") for c in Folder(CONTRACT.families).fold(stored.events("long"))] == snapshot["cards"]
+    assert [
+        Card(**c).model_dump(mode="json") for c in Folder(CONTRACT.families).fold(stored.events("long"))
+    ] == snapshot["cards"]
     stored.close()
 
 
@@ -149,11 +200,18 @@ def test_unknown_event_types_and_oversized_batches_are_rejected(client: TestClie
 
 
 def test_text_utf8_cannot_carry_is_stored_as_u_fffd_or_refused_by_field_never_a_500(client: TestClient) -> None:
-    raw = b'{"type":"tool.start","session":"s","call_id":"c","data":{"tool":"t","args":{"path":"a\\ud800b","k\\udfff":1}}}'
+    raw = (
+        b'{"type":"tool.start","session":"s","call_id":"c",'
+        b'"data":{"tool":"t","args":{"path":"a\\ud800b","k\\udfff":1}}}'
+    )
     assert client.post("/api/events", content=raw, headers={"content-type": "application/json"}).status_code == 200
     assert client.get("/api/sessions/s/cards").json()["cards"][0]["args"] == {"path": "a\ufffdb", "k\ufffd": 1}
 
-    r = client.post("/api/events", content=raw.replace(b'"session":"s"', b'"session":"s\\ud800"'), headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/events",
+        content=raw.replace(b'"session":"s"', b'"session":"s\\ud800"'),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "IngestEvent", "session"]
 
 
@@ -186,7 +244,10 @@ def test_with_a_token_every_api_call_needs_it(tmp_path: Path) -> None:
     page = c.get("/")
     assert page.status_code == 200  # the page itself holds no data; it asks for the token
     # escaped text is the first defence against hostile text, this the second: no inline or remote script
-    assert "script-src 'self';" in page.headers["content-security-policy"] and "unsafe" not in page.headers["content-security-policy"]
+    assert (
+        "script-src 'self';" in page.headers["content-security-policy"]
+        and "unsafe" not in page.headers["content-security-policy"]
+    )
     for r in (page, c.get("/api/sessions", headers=ok)):
         assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
 
@@ -202,7 +263,9 @@ def test_non_loopback_bind_requires_a_token() -> None:
 def test_the_store_keeps_order_and_results_across_reopen(tmp_path: Path) -> None:
     store = Store.in_home(tmp_path)
     evs = [Event(type="tool.progress", session="s", call_id="c", data={"fraction": i / 10}) for i in range(10)]
-    store.ingest([*evs, Event(type="tool.result", session="s", call_id="c", data={"slim": 1, "result": {"full": [1, 2]}})])
+    store.ingest(
+        [*evs, Event(type="tool.result", session="s", call_id="c", data={"slim": 1, "result": {"full": [1, 2]}})]
+    )
     store.close()
     again = Store.in_home(tmp_path)
     assert [e.data.get("fraction") for e in again.events("s")] == [i / 10 for i in range(10)] + [None]
@@ -217,7 +280,9 @@ def test_two_servers_on_one_state_directory_share_one_log(tmp_path: Path) -> Non
 
     def write(k: int) -> None:
         for i in range(40):
-            stores[k].ingest([Event(type="tool.progress", session="s", call_id=f"c{k}", data={"i": i}) for _ in range(20)])
+            stores[k].ingest(
+                [Event(type="tool.progress", session="s", call_id=f"c{k}", data={"i": i}) for _ in range(20)]
+            )
 
     threads = [threading.Thread(target=write, args=(k,)) for k in (0, 1)]
     for t in threads:
@@ -256,14 +321,25 @@ def test_sse_stream_is_live_and_resumes_from_last_event_id(tmp_path: Path) -> No
         reader = threading.Thread(target=_read_sse, args=(f"{server.url}/api/sessions/s/stream", {}, 5, got))
         reader.start()
         time.sleep(0.3)
-        server.post([ev("tool.start", "s", "c2", tool="t", card="x", args={}), ev("tool.start", "other", "c3", tool="t", card="x", args={})])
+        server.post(
+            [
+                ev("tool.start", "s", "c2", tool="t", card="x", args={}),
+                ev("tool.start", "other", "c3", tool="t", card="x", args={}),
+            ]
+        )
         server.post(ev("tool.progress", "s", "c2", fraction=0.2, message="m"))
         reader.join(10)
         events = [e for m in got for e in m["events"]]
         assert [e["seq"] for e in events] == [1, 2, 3, 4, 6]  # seq 5 belongs to another session
         assert all(m["id"] == str(m["events"][-1]["seq"]) for m in got)  # the id a reconnect resumes after
         assert got[0]["id"] == "3"  # the backlog arrives as one message
-        assert [e["type"] for e in events] == ["tool.start", "tool.progress", "tool.result", "tool.start", "tool.progress"]
+        assert [e["type"] for e in events] == [
+            "tool.start",
+            "tool.progress",
+            "tool.result",
+            "tool.start",
+            "tool.progress",
+        ]
         assert "result" not in events[2]["data"] and events[2]["data"]["has_result"] is True
         assert events[2]["data"]["slim"] == tool_call("s", "c1")[2]["data"]["slim"]
 
@@ -298,4 +374,7 @@ def test_a_killed_server_restarts_with_everything_still_listed(tmp_path: Path) -
         assert server.post(ev("tool.start", "s0", "call9"))["last_seq"] == 10
         # tokenless, it answers only to loopback names: a rebound attacker.example gets nothing
         assert httpx.get(f"http://localhost:{server.port}/api/sessions").status_code == 200
-        assert httpx.get(server.url + "/api/sessions", headers={"Host": f"attacker.example:{server.port}"}).status_code == 400
+        assert (
+            httpx.get(server.url + "/api/sessions", headers={"Host": f"attacker.example:{server.port}"}).status_code
+            == 400
+        )

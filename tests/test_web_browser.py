@@ -1,5 +1,6 @@
 """The page in a real headless Chromium (Debian's, never a downloaded one): live cards, sync rows,
 renderers, escaping of hostile text, reconnects."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,29 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import expect
+from web_fixtures import (
+    MAX_POINTS,
+    ROOT,
+    MirrorServer,
+    chromium,
+    chromium_path,
+    ev,
+    fresh_page,
+    long_run,
+    mirror_server,
+    tool_call,
+)
 
-
-from web_fixtures import MAX_POINTS, ROOT, MirrorServer, chromium, chromium_path, ev, fresh_page, long_run, mirror_server, tool_call
-
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian chromium is not installed (make setup installs it)")
+pytestmark = pytest.mark.skipif(
+    chromium_path() is None, reason="Debian chromium is not installed (make setup installs it)"
+)
 
 ARTIFACTS = ROOT / "test-artifacts"
-XSS = ['<script>window.__xss = "script"</script>', '<img src=x onerror="window.__xss = \'img\'">', '"><svg onload="window.__xss=\'svg\'">']
+XSS = [
+    '<script>window.__xss = "script"</script>',
+    "<img src=x onerror=\"window.__xss = 'img'\">",
+    '"><svg onload="window.__xss=\'svg\'">',
+]
 
 
 @pytest.fixture
@@ -58,12 +74,20 @@ def card(page: Any, call_id: str, timeout: float = 10_000) -> Any:
     return page.wait_for_selector(f'article.card[data-call-id="{call_id}"]', timeout=timeout)
 
 
-def test_a_real_weight_diff_from_the_cli_appears_live_with_its_sync_row(server: MirrorServer, page: Any, tmp_path: Path, tiny_gpt2: dict[str, Path]) -> None:
+def test_a_real_weight_diff_from_the_cli_appears_live_with_its_sync_row(
+    server: MirrorServer, page: Any, tmp_path: Path, tiny_gpt2: dict[str, Path]
+) -> None:
     env = {**os.environ, "TRAINSPECT_HOME": str(tmp_path / "cli-home")}
 
     def cli(*argv: str) -> str:
-        run = subprocess.run([sys.executable, "-m", "toolserver.cli", *argv, "--mirror", server.url],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "toolserver.cli", *argv, "--mirror", server.url],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         return run.stdout.rsplit("call_id ", 1)[1].split()[0]
 
@@ -112,15 +136,32 @@ def test_a_real_weight_diff_from_the_cli_appears_live_with_its_sync_row(server: 
 def test_hostile_text_is_shown_as_text_and_runs_nothing(server: MirrorServer, page: Any) -> None:
     open_session(page, server, "xss")
     a, b, c = XSS
-    server.post([
-        ev("tool.start", "xss", "x1", tool=a, card="weightDiff", args={"name": b, "probes": [a, b]}),
-        ev("tool.result", "xss", "x1", tool=a, card="saeDiff", duration_s=1.0, findings=[{"text": b, "severity": "warn"}],
-           slim={"layers": [{"layer": c, "name": b}], b: a}, result={"x": a}),
-        ev("tool.start", "xss", "x2", tool="run_x", card=c, args={"checkpoint": f"/tmp/{a}"}),
-        ev("tool.error", "xss", "x2", tool="run_x", card=c, duration_s=0.1, error=b, hint=a),
-        ev("training.watch.signal", "xss", "x3", run=a, signal={"type": b, "severity": "warn", "step": 1, "message": a, "layers": [b]}),
-        ev("training.watch.follow", "xss", "x4", run=b, note=a),
-    ])
+    server.post(
+        [
+            ev("tool.start", "xss", "x1", tool=a, card="weightDiff", args={"name": b, "probes": [a, b]}),
+            ev(
+                "tool.result",
+                "xss",
+                "x1",
+                tool=a,
+                card="saeDiff",
+                duration_s=1.0,
+                findings=[{"text": b, "severity": "warn"}],
+                slim={"layers": [{"layer": c, "name": b}], b: a},
+                result={"x": a},
+            ),
+            ev("tool.start", "xss", "x2", tool="run_x", card=c, args={"checkpoint": f"/tmp/{a}"}),
+            ev("tool.error", "xss", "x2", tool="run_x", card=c, duration_s=0.1, error=b, hint=a),
+            ev(
+                "training.watch.signal",
+                "xss",
+                "x3",
+                run=a,
+                signal={"type": b, "severity": "warn", "step": 1, "message": a, "layers": [b]},
+            ),
+            ev("training.watch.follow", "xss", "x4", run=b, note=a),
+        ]
+    )
     for cid in ("x1", "x2", "x3", "x4"):
         card(page, cid)
     page.click('article[data-call-id="x1"] summary.sync-line')
@@ -132,7 +173,8 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(server: MirrorServer, pa
     time.sleep(0.3)
     assert page.evaluate("window.__xss") is None and not page.dialogs
     injected = page.evaluate("""() => [...document.querySelectorAll('#feed *')].filter(n =>
-        ['SCRIPT', 'IMG', 'IFRAME'].includes(n.tagName.toUpperCase()) || [...n.attributes].some(a => a.name.startsWith('on'))).length""")
+        ['SCRIPT', 'IMG', 'IFRAME'].includes(n.tagName.toUpperCase())
+        || [...n.attributes].some(a => a.name.startsWith('on'))).length""")
     assert injected == 0
     text = page.inner_text("#feed")
     for payload in (a, b):
@@ -147,15 +189,56 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(server: MirrorServer, pa
 def test_the_watch_card_draws_sparklines_with_signal_markers_and_a_ranked_feed(server: MirrorServer, page: Any) -> None:
     open_session(page, server, "train")
     run = "run-1"
-    steps = [ev("training.watch.step", "train", run, run=run, snapshot={"step": i, "loss": 3 * math.exp(-i / 40), "maxGrad": 30.0 if i == 70 else 1.0}) for i in range(120)]
+    steps = [
+        ev(
+            "training.watch.step",
+            "train",
+            run,
+            run=run,
+            snapshot={"step": i, "loss": 3 * math.exp(-i / 40), "maxGrad": 30.0 if i == 70 else 1.0},
+        )
+        for i in range(120)
+    ]
     steps[100]["data"]["snapshot"]["loss"] = float("nan")
     signals = [
-        {"type": "loss_plateau", "severity": "info", "step": 110, "metric": "loss_var", "value": 1e-4, "threshold": 1e-3, "layers": [], "message": "loss flat"},
-        {"type": "gradient_spike", "severity": "critical", "step": 70, "metric": "maxGrad", "value": 30.0, "threshold": 20.0, "layers": [], "message": "spike"},
-        {"type": "dead_layers", "severity": "warn", "step": 90, "metric": "gradNorm", "value": 0.0, "threshold": 1e-6, "layers": ["blocks.1.mlp"], "message": "dead"},
+        {
+            "type": "loss_plateau",
+            "severity": "info",
+            "step": 110,
+            "metric": "loss_var",
+            "value": 1e-4,
+            "threshold": 1e-3,
+            "layers": [],
+            "message": "loss flat",
+        },
+        {
+            "type": "gradient_spike",
+            "severity": "critical",
+            "step": 70,
+            "metric": "maxGrad",
+            "value": 30.0,
+            "threshold": 20.0,
+            "layers": [],
+            "message": "spike",
+        },
+        {
+            "type": "dead_layers",
+            "severity": "warn",
+            "step": 90,
+            "metric": "gradNorm",
+            "value": 0.0,
+            "threshold": 1e-6,
+            "layers": ["blocks.1.mlp"],
+            "message": "dead",
+        },
     ]
-    body = json.dumps(steps + [ev("training.watch.signal", "train", run, run=run, signal=s) for s in signals])  # NaN as Python writes it
-    assert httpx.post(f"{server.url}/api/events", content=body, headers={"content-type": "application/json"}).status_code == 200
+    body = json.dumps(
+        steps + [ev("training.watch.signal", "train", run, run=run, signal=s) for s in signals]
+    )  # NaN as Python writes it
+    assert (
+        httpx.post(f"{server.url}/api/events", content=body, headers={"content-type": "application/json"}).status_code
+        == 200
+    )
     node = card(page, run)
     page.wait_for_function(f"document.querySelectorAll('article[data-call-id=\"{run}\"] .signals li').length === 3")
     feed = [li.inner_text() for li in node.query_selector_all(".signals li")]
@@ -168,15 +251,31 @@ def test_the_watch_card_draws_sparklines_with_signal_markers_and_a_ranked_feed(s
 
 
 def test_a_long_run_draws_the_same_bounded_series_live_as_after_a_reload(server: MirrorServer, page: Any) -> None:
-    signal_steps = [5, 1234, 2499, 4321, 5998]  # 2499's signal arrives after the page has loaded the snapshot with its step
+    signal_steps = [
+        5,
+        1234,
+        2499,
+        4321,
+        5998,
+    ]  # 2499's signal arrives after the page has loaded the snapshot with its step
     batches = long_run("long", "run", 6_000, signal_steps)
-    split = next(i for i, b in enumerate(batches) if any(e["type"] == "training.watch.signal" and e["data"]["signal"]["step"] == 2499 for e in b))
-    head = batches[split][:next(i for i, e in enumerate(batches[split]) if e["type"] == "training.watch.signal" and e["data"]["signal"]["step"] == 2499)]
+    split = next(
+        i
+        for i, b in enumerate(batches)
+        if any(e["type"] == "training.watch.signal" and e["data"]["signal"]["step"] == 2499 for e in b)
+    )
+    head = batches[split][
+        : next(
+            i
+            for i, e in enumerate(batches[split])
+            if e["type"] == "training.watch.signal" and e["data"]["signal"]["step"] == 2499
+        )
+    ]
     for batch in [*batches[:split], head]:
         server.post(batch)
     open_session(page, server, "long")
     card(page, "run")
-    for batch in [batches[split][len(head):], *batches[split + 1:]]:
+    for batch in [batches[split][len(head) :], *batches[split + 1 :]]:
         server.post(batch)  # folded live by the page, on top of the server's fold of the first part
     w = server.get("/api/sessions/long/cards")["cards"][0]["live"]
     assert len(w["points"]) <= MAX_POINTS and w["points"][-1]["step"] == 5999
@@ -187,8 +286,11 @@ def test_a_long_run_draws_the_same_bounded_series_live_as_after_a_reload(server:
     def drawn() -> dict[str, Any]:
         node = card(page, "run")
         grad = node.query_selector_all("svg.spark")[1]
-        return {"d": grad.query_selector("path.line").get_attribute("d"), "note": node.query_selector(".steps-note").inner_text(),
-                "markers": [m.get_attribute("x1") for m in grad.query_selector_all("line.marker")]}
+        return {
+            "d": grad.query_selector("path.line").get_attribute("d"),
+            "note": node.query_selector(".steps-note").inner_text(),
+            "markers": [m.get_attribute("x1") for m in grad.query_selector_all("line.marker")],
+        }
 
     live = drawn()
     assert len(live["markers"]) == len(signal_steps)
@@ -199,10 +301,25 @@ def test_a_long_run_draws_the_same_bounded_series_live_as_after_a_reload(server:
     assert page.evaluate("window.__sameDocument") is None and drawn() == live  # the page's fold equals the server's
 
 
-def test_a_new_tool_kind_gets_the_generic_table_and_reload_shows_the_same_cards(server: MirrorServer, page: Any) -> None:
+def test_a_new_tool_kind_gets_the_generic_table_and_reload_shows_the_same_cards(
+    server: MirrorServer, page: Any
+) -> None:
     open_session(page, server, "gen")
-    server.post(tool_call("gen", "g1", tool="run_future_tool", card="futureCard", slim={"score": 0.731, "rows": [{"layer": 0, "drift": 0.12}, {"layer": 1, "drift": 0.34}]}))
-    server.post([ev("tool.start", "gen", "g2", tool="run_slow", card="slowCard", args={"name": "half"}), ev("tool.progress", "gen", "g2", fraction=0.5, message="layer 1/2")])
+    server.post(
+        tool_call(
+            "gen",
+            "g1",
+            tool="run_future_tool",
+            card="futureCard",
+            slim={"score": 0.731, "rows": [{"layer": 0, "drift": 0.12}, {"layer": 1, "drift": 0.34}]},
+        )
+    )
+    server.post(
+        [
+            ev("tool.start", "gen", "g2", tool="run_slow", card="slowCard", args={"name": "half"}),
+            ev("tool.progress", "gen", "g2", fraction=0.5, message="layer 1/2"),
+        ]
+    )
     server.post([ev("training.watch.note", "gen", "sim", run="sim", pass_index=1, name="sae baseline")])
     node = card(page, "g1")
     page.wait_for_selector('article[data-call-id="g2"] .progress .fill')
@@ -253,15 +370,37 @@ def test_with_a_token_the_page_asks_for_it_and_then_works(tmp_path: Path, browse
         card(page, "c2")  # the stream authenticates too
 
 
-def test_a_real_watch_run_from_the_cli_renders_its_slim_payload(server: MirrorServer, page: Any, tmp_path: Path) -> None:
+def test_a_real_watch_run_from_the_cli_renders_its_slim_payload(
+    server: MirrorServer, page: Any, tmp_path: Path
+) -> None:
     metrics = tmp_path / "run" / "metrics.jsonl"
     metrics.parent.mkdir()
-    rows = [{"step": i, "loss": 2.5 * math.exp(-i / 60) + 0.3, "maxGrad": 40.0 if i == 50 else 1.0 + 0.01 * (i % 7)} for i in range(1, 121)]
+    rows = [
+        {"step": i, "loss": 2.5 * math.exp(-i / 60) + 0.3, "maxGrad": 40.0 if i == 50 else 1.0 + 0.01 * (i % 7)}
+        for i in range(1, 121)
+    ]
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     open_session(page, server, "default")
     env = {**os.environ, "TRAINSPECT_HOME": str(tmp_path / "cli-home")}
-    run = subprocess.run([sys.executable, "-m", "toolserver.cli", "watch", "--metrics", str(metrics), "--run", "spiky", "--mirror", server.url],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "toolserver.cli",
+            "watch",
+            "--metrics",
+            str(metrics),
+            "--run",
+            "spiky",
+            "--mirror",
+            server.url,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     call_id = run.stdout.rsplit("call_id ", 1)[1].split()[0]
     node = page.wait_for_selector(f'article.card[data-call-id="{call_id}"][data-status="ok"]')

@@ -1,4 +1,5 @@
 """The mirror client: prompt sends, spooling through outages, in-order exactly-once delivery afterwards."""
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from web_fixtures import ROOT, free_port, mirror_server, stream_events
 
 from web_mirror import client as client_mod
 from web_mirror.client import Dropped, MirrorClient, Spool
 from web_mirror.events import Event
-
-from web_fixtures import ROOT, free_port, mirror_server, stream_events
 
 URL = "http://mirror.test"
 
@@ -90,7 +90,9 @@ def test_outage_spools_promptly_then_delivers_in_order(fake: FakeMirror, tmp_pat
     assert client.flush() is True and len(fake.received) == 30 + (mode == "timeout")
 
 
-def test_after_the_backoff_the_next_send_delivers_the_backlog_first(fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_after_the_backoff_the_next_send_delivers_the_backlog_first(
+    fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(client_mod, "BACKOFF_START", 0.05)
     client = MirrorClient(URL, spool_dir=tmp_path / "spool")
     fake.mode = "refused"
@@ -123,9 +125,25 @@ def test_non_finite_numbers_and_undecodable_names_survive_the_wire(tmp_path: Pat
     seen: list[Any] = []
     client = MirrorClient(URL, spool_dir=tmp_path / "spool")
     with respx.mock() as router:
-        router.post(f"{URL}/api/events").mock(side_effect=lambda r: (seen.append(json.loads(r.content)), httpx.Response(200, json={}))[1])
-        client.send(Event(type="training.watch.step", session="s", call_id="run", data={"snapshot": {"step": 1, "loss": float("nan"), "maxGrad": float("inf")}}))
-        client.send(Event(type="tool.start", session="s", call_id="c", data={"args": {"checkpoint": os.fsdecode(b"/runs/\xff.pt")}}))
+        router.post(f"{URL}/api/events").mock(
+            side_effect=lambda r: (seen.append(json.loads(r.content)), httpx.Response(200, json={}))[1]
+        )
+        client.send(
+            Event(
+                type="training.watch.step",
+                session="s",
+                call_id="run",
+                data={"snapshot": {"step": 1, "loss": float("nan"), "maxGrad": float("inf")}},
+            )
+        )
+        client.send(
+            Event(
+                type="tool.start",
+                session="s",
+                call_id="c",
+                data={"args": {"checkpoint": os.fsdecode(b"/runs/\xff.pt")}},
+            )
+        )
     assert seen[0][0]["data"]["snapshot"] == {"step": 1, "loss": "NaN", "maxGrad": "Infinity"}
     assert seen[1][0]["data"]["args"] == {"checkpoint": "/runs/\ufffd.pt"}  # a file name that is not UTF-8
 
@@ -166,7 +184,9 @@ def test_a_mirror_that_accepts_but_never_answers_costs_one_timeout(tmp_path: Pat
     assert len(later.spool.pending()) == 20
 
 
-def test_an_unreachable_mirror_costs_one_connect_timeout_per_call(fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_mirror_costs_one_connect_timeout_per_call(
+    fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(client_mod, "BACKOFF_START", 0.0)  # the back-off alone would allow an attempt per event
     client = MirrorClient(URL, spool_dir=tmp_path / "spool")
     fake.mode = "unreachable"
@@ -193,7 +213,9 @@ def call_events(call: str, result_bytes: int = 1000) -> list[Event]:
     ]
 
 
-def test_the_spool_is_bounded_by_dropping_the_stalest_whole_calls(fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_spool_is_bounded_by_dropping_the_stalest_whole_calls(
+    fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(client_mod, "_drop_reported", threading.Event())
     monkeypatch.setenv("TRAINSPECT_SPOOL_MAX_BYTES", "20000")
     fake.mode = "refused"
@@ -206,10 +228,14 @@ def test_the_spool_is_bounded_by_dropping_the_stalest_whole_calls(fake: FakeMirr
         assert client.spool.path.stat().st_size <= 20000
     kept = [json.loads(line)["call_id"] for line, _ in client.spool.pending()]
     survivors = list(dict.fromkeys(kept))
-    assert 7 <= len(survivors) < 40 and survivors == list(sent)[-len(survivors):]  # the newest calls, in order
+    assert 7 <= len(survivors) < 40 and survivors == list(sent)[-len(survivors) :]  # the newest calls, in order
     assert all(kept.count(c) == 5 for c in survivors)  # each whole
-    [warning] = [r.getMessage() for r in caplog.records if "spool" in r.getMessage()]  # once per process, though it dropped repeatedly
-    assert "TRAINSPECT_SPOOL_MAX_BYTES" in warning and "20000-byte bound" in warning and "dropped the stalest" in warning
+    [warning] = [
+        r.getMessage() for r in caplog.records if "spool" in r.getMessage()
+    ]  # once per process, though it dropped repeatedly
+    assert (
+        "TRAINSPECT_SPOOL_MAX_BYTES" in warning and "20000-byte bound" in warning and "dropped the stalest" in warning
+    )
 
     fake.mode = "up"
     assert MirrorClient(URL, spool_dir=tmp_path / "spool").flush() is True
@@ -219,13 +245,20 @@ def test_the_spool_is_bounded_by_dropping_the_stalest_whole_calls(fake: FakeMirr
 def test_a_call_bigger_than_the_spool_keeps_its_latest_events(fake: FakeMirror, tmp_path: Path) -> None:
     fake.mode = "refused"
     client = MirrorClient(URL, spool_dir=tmp_path / "spool", spool_max=5000)
-    run = [Event(type="training.watch.step", session="s", call_id="run", data={"snapshot": {"step": i, "loss": 1.0}}) for i in range(200)]
-    for e in run[:100] + events(5, call="tool") + run[100:]:  # a tool call while the run streams: the run is the live one
+    run = [
+        Event(type="training.watch.step", session="s", call_id="run", data={"snapshot": {"step": i, "loss": 1.0}})
+        for i in range(200)
+    ]
+    for e in (
+        run[:100] + events(5, call="tool") + run[100:]
+    ):  # a tool call while the run streams: the run is the live one
         client.send(e)
         assert json.loads(client.spool.pending()[-1][0])["event_id"] == e.event_id  # the newest event always stays
     kept = [json.loads(line) for line, _ in client.spool.pending()]
     assert client.spool.path.stat().st_size <= 5000
-    assert [e["event_id"] for e in kept] == [e.event_id for e in run[-len(kept):]]  # a contiguous tail, nothing of "tool"
+    assert [e["event_id"] for e in kept] == [
+        e.event_id for e in run[-len(kept) :]
+    ]  # a contiguous tail, nothing of "tool"
     assert len(kept) > 20
 
 
@@ -240,11 +273,16 @@ def test_the_spool_drops_the_call_whose_latest_event_is_oldest(tmp_path: Path) -
     with spool.locked():
         assert [spool.append([x]) for x in sent[:10]] == [None] * 10  # 1000 bytes: at the bound, not past it
         assert spool.append([sent[10]]) == Dropped(events=4, calls=2, bytes=400)
-        assert [x for x, _ in spool.pending()] == [sent[3], *sent[5:]]  # the tool call went whole, the run kept its latest 3/4
+        assert [x for x, _ in spool.pending()] == [
+            sent[3],
+            *sent[5:],
+        ]  # the tool call went whole, the run kept its latest 3/4
         assert spool.path.stat().st_size == 700
 
 
-def test_a_zero_bound_spools_nothing_and_a_bad_bound_falls_back(fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_zero_bound_spools_nothing_and_a_bad_bound_falls_back(
+    fake: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     fake.mode = "refused"
     monkeypatch.setenv("TRAINSPECT_SPOOL_MAX_BYTES", "0")
     client = MirrorClient(URL, spool_dir=tmp_path / "spool")
@@ -304,14 +342,21 @@ def test_clients_sharing_a_spool_deliver_everything_once_each_in_its_order(tmp_p
 
 
 def test_outage_during_a_real_cli_call(tmp_path: Path, tiny_gpt2: dict[str, Path]) -> None:
-    """Mirror down during a tool call: the call succeeds; the next call, with the mirror back, delivers both in order."""
+    """Mirror down during a tool call: the call succeeds; the next call, mirror back, delivers both in order."""
     home = tmp_path / "home"
     env = {**os.environ, "TRAINSPECT_HOME": str(home)}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "toolserver.cli", *argv, "--mirror", url], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "toolserver.cli", *argv, "--mirror", url],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     t0 = time.perf_counter()
     first = cli("session", "start", "--id", "outage", "--model", str(tiny_gpt2["base"]))

@@ -3,6 +3,7 @@
 Both configurations are fuzzed: open on loopback, and with a token (where schemathesis also checks
 that wrong or missing credentials get a 401).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -14,7 +15,6 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-
 from web_fixtures import app_for
 
 TOKEN = "fuzz-token"

@@ -1,4 +1,5 @@
 """run_weight_diff against independent dense references: svdvals on ΔW, peft's merge_and_unload for LoRA."""
+
 from __future__ import annotations
 
 import json
@@ -6,25 +7,25 @@ import math
 from pathlib import Path
 
 import pytest
-
-from session.context import ToolContext
 import torch
 from safetensors.torch import load_file
 from weight_fixtures import merged_delta, session_for, tiny  # noqa: F401
 
 from session.checkpoint_keys import normalise_key
-from toolserver.contract import SilentReporter, ToolError
-from toolserver.registry import get_tool
+from session.context import ToolContext
 from tools.weight_diff import SPEC, compute
 from tools.weight_diff.layout import place
 from tools.weight_diff.models import WeightDiffResult
 from tools.weight_diff.spectral import DenseOperator, lowrank_spectrum, sigma_max
+from toolserver.contract import SilentReporter, ToolError
 
 RTOL = 1e-4
 
 
 def run(model_dir: Path, checkpoint: Path | str, **kw: object) -> tuple[WeightDiffResult, list[str], list[str]]:
-    out = SPEC.run(ToolContext(session_for(model_dir)), SPEC.input_model(checkpoint=str(checkpoint), **kw), SilentReporter())
+    out = SPEC.run(
+        ToolContext(session_for(model_dir)), SPEC.input_model(checkpoint=str(checkpoint), **kw), SilentReporter()
+    )
     return out.result, [f.text for f in out.findings], [f.tool for f in out.follow_ups]
 
 
@@ -32,7 +33,12 @@ def dense_reference(delta: torch.Tensor, base: torch.Tensor) -> dict[str, float]
     d = delta.double()
     sv = torch.linalg.svdvals(d)
     fro = float(d.norm())
-    return {"fro": fro, "rel": fro / float(base.double().norm()), "sigma": float(sv[0]), "stable_rank": fro**2 / float(sv[0]) ** 2}
+    return {
+        "fro": fro,
+        "rel": fro / float(base.double().norm()),
+        "sigma": float(sv[0]),
+        "stable_rank": fro**2 / float(sv[0]) ** 2,
+    }
 
 
 def assert_row_matches(row: object, ref: dict[str, float]) -> None:
@@ -54,10 +60,11 @@ def column_slice(key: str, matrix: str, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     d = tensor.shape[1] // 3
     i = "QKV".index(matrix)
-    return tensor[:, i * d:(i + 1) * d]
+    return tensor[:, i * d : (i + 1) * d]
 
 
 # --- spectral routines ---------------------------------------------------------------------------
+
 
 def _spectra() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
@@ -65,7 +72,8 @@ def _spectra() -> dict[str, torch.Tensor]:
     q2 = torch.linalg.qr(torch.randn(300, 300, generator=g))[0]
     return {
         "gaussian": torch.randn(300, 500, generator=g),
-        "low rank + noise": torch.randn(600, 6, generator=g) @ torch.randn(6, 350, generator=g) + 0.05 * torch.randn(600, 350, generator=g),
+        "low rank + noise": torch.randn(600, 6, generator=g) @ torch.randn(6, 350, generator=g)
+        + 0.05 * torch.randn(600, 350, generator=g),
         "slow decay": q1[:, :300] * (1.0 / torch.arange(1, 301).float() ** 0.3) @ q2,
         "near-tie": q1[:, :300] * torch.cat([torch.tensor([1.0, 0.9999]), torch.full((298,), 0.5)]) @ q2,
         "rank one": torch.randn(257, 1, generator=g) @ torch.randn(1, 129, generator=g),
@@ -103,23 +111,26 @@ def test_lowrank_spectrum_matches_formed_product() -> None:
         assert spec.stable_rank == pytest.approx(ref["stable_rank"], rel=1e-9)
 
 
-@pytest.mark.parametrize(("key", "shape", "expected"), [
-    ("h.3.attn.c_attn.weight", (64, 192), ("layer", 3, [("Q", (0, 64)), ("K", (64, 128)), ("V", (128, 192))])),
-    ("h.3.attn.c_attn.weight", (192, 64), ("layer", 3, [("QKV", None)])),  # a Linear-style fused QKV: left whole
-    ("h.0.attn.c_proj.weight", (64, 64), ("layer", 0, [("O", None)])),
-    ("h.0.mlp.c_proj.weight", (256, 64), ("layer", 0, [("MLP out", None)])),
-    ("layers.7.self_attn.k_proj.weight", (32, 64), ("layer", 7, [("K", None)])),
-    ("layers.7.mlp.gate_proj.weight", (128, 64), ("layer", 7, [("MLP gate", None)])),
-    ("layers.7.mlp.up_proj.weight", (128, 64), ("layer", 7, [("MLP in", None)])),
-    ("encoder.layer.2.attention.output.dense.weight", (64, 64), ("layer", 2, [("O", None)])),
-    ("encoder.layer.2.output.dense.weight", (64, 128), ("layer", 2, [("MLP out", None)])),
-    ("encoder.layer.2.attention.output.LayerNorm.weight", (64,), ("norm", None, [])),
-    ("layers.1.input_layernorm.weight", (64,), ("norm", None, [])),
-    ("h.1.attn.c_attn.bias", (192,), ("bias", None, [])),
-    ("embed_tokens.weight", (640, 64), ("embedding", None, [])),
-    ("lm_head.weight", (640, 64), ("embedding", None, [])),
-    ("pooler.dense.weight", (64, 64), ("other", None, [])),
-])
+@pytest.mark.parametrize(
+    ("key", "shape", "expected"),
+    [
+        ("h.3.attn.c_attn.weight", (64, 192), ("layer", 3, [("Q", (0, 64)), ("K", (64, 128)), ("V", (128, 192))])),
+        ("h.3.attn.c_attn.weight", (192, 64), ("layer", 3, [("QKV", None)])),  # a Linear-style fused QKV: left whole
+        ("h.0.attn.c_proj.weight", (64, 64), ("layer", 0, [("O", None)])),
+        ("h.0.mlp.c_proj.weight", (256, 64), ("layer", 0, [("MLP out", None)])),
+        ("layers.7.self_attn.k_proj.weight", (32, 64), ("layer", 7, [("K", None)])),
+        ("layers.7.mlp.gate_proj.weight", (128, 64), ("layer", 7, [("MLP gate", None)])),
+        ("layers.7.mlp.up_proj.weight", (128, 64), ("layer", 7, [("MLP in", None)])),
+        ("encoder.layer.2.attention.output.dense.weight", (64, 64), ("layer", 2, [("O", None)])),
+        ("encoder.layer.2.output.dense.weight", (64, 128), ("layer", 2, [("MLP out", None)])),
+        ("encoder.layer.2.attention.output.LayerNorm.weight", (64,), ("norm", None, [])),
+        ("layers.1.input_layernorm.weight", (64,), ("norm", None, [])),
+        ("h.1.attn.c_attn.bias", (192,), ("bias", None, [])),
+        ("embed_tokens.weight", (640, 64), ("embedding", None, [])),
+        ("lm_head.weight", (640, 64), ("embedding", None, [])),
+        ("pooler.dense.weight", (64, 64), ("other", None, [])),
+    ],
+)
 def test_layout_places_tensors(key: str, shape: tuple[int, ...], expected: tuple[str, int | None, list]) -> None:
     p = place(key, shape)
     assert (p.section, p.layer, [(part.matrix, part.cols) for part in p.parts]) == expected
@@ -127,8 +138,10 @@ def test_layout_places_tensors(key: str, shape: tuple[int, ...], expected: tuple
 
 # --- full fine-tunes ------------------------------------------------------------------------------
 
-EXPECTED_TYPES = {"gpt2": ["Q", "K", "V", "O", "MLP in", "MLP out"],
-                  "llama": ["Q", "K", "V", "O", "MLP gate", "MLP in", "MLP out"]}
+EXPECTED_TYPES = {
+    "gpt2": ["Q", "K", "V", "O", "MLP in", "MLP out"],
+    "llama": ["Q", "K", "V", "O", "MLP gate", "MLP in", "MLP out"],
+}
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -141,7 +154,9 @@ def test_full_finetune_rows_match_dense_svd(arch: str, tiny: dict[str, dict[str,
         assert [r.matrix for r in res.rows if r.layer == layer] == EXPECTED_TYPES[arch]
     for row in res.rows:
         key = row.keys[0]
-        ref = dense_reference(column_slice(key, row.matrix, ft[key] - base[key]), column_slice(key, row.matrix, base[key]))
+        ref = dense_reference(
+            column_slice(key, row.matrix, ft[key] - base[key]), column_slice(key, row.matrix, base[key])
+        )
         assert_row_matches(row, ref)
     if arch == "llama":  # grouped-query attention: K and V project to 2 kv heads × 16
         assert {tuple(r.shape) for r in res.rows if r.matrix in ("K", "V")} == {(32, 64)}
@@ -150,7 +165,9 @@ def test_full_finetune_rows_match_dense_svd(arch: str, tiny: dict[str, dict[str,
         assert [e.key for e in res.embeddings] == ["wte.weight", "wpe.weight"] and res.totals.tied == ["lm_head.weight"]
     for emb in res.embeddings:
         ref = dense_reference(ft[emb.key] - base[emb.key], base[emb.key])
-        assert emb.fro_delta == pytest.approx(ref["fro"], rel=RTOL) and emb.stable_rank == pytest.approx(ref["stable_rank"], rel=RTOL)
+        assert emb.fro_delta == pytest.approx(ref["fro"], rel=RTOL) and emb.stable_rank == pytest.approx(
+            ref["stable_rank"], rel=RTOL
+        )
     norms = {n.key: n for n in res.norms}
     assert norms and all(n.stable_rank is None for n in norms.values())
     ln = next(k for k in norms if "norm" in k or "ln_" in k)
@@ -169,14 +186,20 @@ def test_chunked_run_equals_whole_run(tiny: dict[str, dict[str, Path]], monkeypa
     monkeypatch.setattr(compute, "CHUNK_ELEMENTS", 1000)
     chunked, _, _ = run(tiny["gpt2"]["base"], tiny["gpt2"]["safetensors"])
     for a, b in zip(whole.rows + whole.embeddings, chunked.rows + chunked.embeddings, strict=True):
-        assert a.fro_delta == pytest.approx(b.fro_delta, rel=1e-5) and a.stable_rank == pytest.approx(b.stable_rank, rel=RTOL)
+        assert a.fro_delta == pytest.approx(b.fro_delta, rel=1e-5) and a.stable_rank == pytest.approx(
+            b.stable_rank, rel=RTOL
+        )
 
 
 # --- LoRA -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("arch", "adapter"), [("gpt2", "lora"), ("llama", "lora"), ("gpt2", "rslora"), ("llama", "rslora")])
-def test_lora_rows_match_peft_merge(arch: str, adapter: str, tiny: dict[str, dict[str, Path]],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.mark.parametrize(
+    ("arch", "adapter"), [("gpt2", "lora"), ("llama", "lora"), ("gpt2", "rslora"), ("llama", "rslora")]
+)
+def test_lora_rows_match_peft_merge(
+    arch: str, adapter: str, tiny: dict[str, dict[str, Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_dense(*_: object, **__: object) -> None:
         raise AssertionError("a LoRA pair was diffed densely")
 
@@ -197,6 +220,7 @@ def test_lora_rows_match_peft_merge(arch: str, adapter: str, tiny: dict[str, dic
 
 # --- errors, progress, card -----------------------------------------------------------------------
 
+
 def test_errors_are_tool_errors(tiny: dict[str, dict[str, Path]], tmp_path: Path) -> None:
     with pytest.raises(ToolError, match="does not exist"):
         run(tiny["gpt2"]["base"], tmp_path / "missing.pt")
@@ -211,7 +235,9 @@ def test_identical_checkpoint_is_flagged(tiny: dict[str, dict[str, Path]]) -> No
     res, texts, _ = run(tiny["llama"]["base"], tiny["llama"]["base"] / "model.safetensors")
     assert res.totals.unchanged == res.totals.tensors_compared > 0
     assert all(r.fro_delta == 0 and r.stable_rank is None for r in res.rows)
-    assert texts == [f"The checkpoint is identical to the base: all {res.totals.tensors_compared} compared tensors are unchanged."]
+    assert texts == [
+        f"The checkpoint is identical to the base: all {res.totals.tensors_compared} compared tensors are unchanged."
+    ]
 
 
 def test_progress_card_and_table(tiny: dict[str, dict[str, Path]]) -> None:
@@ -221,7 +247,11 @@ def test_progress_card_and_table(tiny: dict[str, dict[str, Path]]) -> None:
         def progress(self, fraction: float, message: str) -> None:
             seen.append(fraction)
 
-    out = SPEC.run(ToolContext(session_for(tiny["gpt2"]["base"])), SPEC.input_model(checkpoint=str(tiny["gpt2"]["hf_sharded"])), Recorder())
+    out = SPEC.run(
+        ToolContext(session_for(tiny["gpt2"]["base"])),
+        SPEC.input_model(checkpoint=str(tiny["gpt2"]["hf_sharded"])),
+        Recorder(),
+    )
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 10
     card = SPEC.slim(out.result).model_dump(mode="json")
     assert len(json.dumps(card)) < 4000

@@ -1,14 +1,16 @@
 """Helpers for the watch tests: hand-built step logs, running the tool on a file, a tiny transformer."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from session.context import ToolContext
-from toolserver.contract import SilentReporter
 from tools.watch.models import WatchInput, WatchResult
 from tools.watch.run import run
+from toolserver.contract import SilentReporter
 
 ATTN = "model.layers.0.self_attn.q_proj"
 MLP = "model.layers.0.mlp.up_proj"
@@ -20,9 +22,18 @@ def zigzag(i: int, centre: float = 3.0, amp: float = 0.5) -> float:
     return centre + amp * (-1) ** i
 
 
-def steps(n: int, *, start: int = 1, loss: Any = zigzag, max_grad: Any = None, grad_norms: Any = None,
-          epoch: float | None = None, **extra: Any) -> list[dict[str, Any]]:
+def steps(
+    n: int,
+    *,
+    start: int = 1,
+    loss: Any = zigzag,
+    max_grad: Any = None,
+    grad_norms: Any = None,
+    epoch: float | None = None,
+    **extra: Any,
+) -> list[dict[str, Any]]:
     """Rows for steps start..start+n-1; loss/max_grad/grad_norms may be constants or functions of the step."""
+
     def value(f: Any, i: int) -> Any:
         return f(i) if callable(f) else f
 
@@ -95,8 +106,16 @@ def sequences(n: int, seed: int = 1) -> Any:
     return (start + stride * torch.arange(SEQ)) % VOCAB
 
 
-def train(model: Any, logger: Any, n_steps: int, *, lr: float = 3e-3, ramp_from: int | None = None,
-          ramp: float = 1.1, stop_after_nonfinite: int = 3) -> list[Any]:
+def train(
+    model: Any,
+    logger: Any,
+    n_steps: int,
+    *,
+    lr: float = 3e-3,
+    ramp_from: int | None = None,
+    ramp: float = 1.1,
+    stop_after_nonfinite: int = 3,
+) -> list[Any]:
     """AdamW on fresh batches; from `ramp_from` on the learning rate grows ×`ramp` per step (a run pushed
     into divergence). Stops a few steps after the loss stops being finite. Returns the signals fired."""
     import math
@@ -110,7 +129,7 @@ def train(model: Any, logger: Any, n_steps: int, *, lr: float = 3e-3, ramp_from:
         if ramp_from is not None and step > ramp_from:
             for group in opt.param_groups:
                 group["lr"] *= ramp
-        x = data[(step - 1) * BATCH: step * BATCH]
+        x = data[(step - 1) * BATCH : step * BATCH]
         opt.zero_grad()
         loss = model(input_ids=x, labels=x).loss
         loss.backward()

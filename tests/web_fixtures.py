@@ -1,4 +1,5 @@
 """Helpers for the web mirror tests: a real server subprocess, event builders, and a headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from toolserver.registry import mirror_contract
 from tools.watch.snapshot import WATCH_EVENTS
+from toolserver.registry import mirror_contract
 from web_mirror.app import MAX_BATCH, create_app
 
 CONTRACT = mirror_contract()  # what `trainspect web` serves: the registered tools' cards and live families
@@ -26,8 +27,13 @@ MAX_POINTS = WATCH_EVENTS.max_points
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -53,13 +59,15 @@ class MirrorServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home.parent / f"mirror-{self.port}.log"
 
-    def start(self) -> "MirrorServer":
+    def start(self) -> MirrorServer:
         cmd = [sys.executable, "-m", "toolserver.cli", "web", "--port", str(self.port), "--home", str(self.home)]
         if self.token:
             cmd += ["--token", self.token]
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "TRAINSPECT_MIRROR_TOKEN": ""})
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "TRAINSPECT_MIRROR_TOKEN": ""}
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -100,7 +108,9 @@ def mirror_server(home: Path, **kw: Any) -> Iterator[MirrorServer]:
         server.kill(signal.SIGTERM)
 
 
-def sse_messages(url: str, headers: dict[str, str] | None = None, timeout: float = 10) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def sse_messages(
+    url: str, headers: dict[str, str] | None = None, timeout: float = 10
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A mirror stream's messages as they arrive: (id, the message's events)."""
     with httpx.stream("GET", url, headers=headers or {}, timeout=timeout) as r:
         msg_id, events = "", None
@@ -126,28 +136,71 @@ def stream_events(server: MirrorServer, session: str) -> list[dict[str, Any]]:
 
 
 def ev(type: str, session: str, call_id: str, **data: Any) -> dict[str, Any]:
-    return {"event_id": uuid.uuid4().hex, "type": type, "session": session, "call_id": call_id, "ts": time.time(), "data": data}
+    return {
+        "event_id": uuid.uuid4().hex,
+        "type": type,
+        "session": session,
+        "call_id": call_id,
+        "ts": time.time(),
+        "data": data,
+    }
 
 
-def long_run(session: str, run: str, n_steps: int, signal_steps: list[int], dropped: int = 777) -> list[list[dict[str, Any]]]:
+def long_run(
+    session: str, run: str, n_steps: int, signal_steps: list[int], dropped: int = 777
+) -> list[list[dict[str, Any]]]:
     """A StepLogger's events for a long run, in POST-sized batches: each signal right after its step (as the
     emitter sends it), and step `dropped` missing (a full mirror queue drops steps, never signals)."""
     events = []
     for i in range(n_steps):
         if i != dropped:
-            events.append(ev("training.watch.step", session, run, run=run, snapshot={"step": i, "loss": 1 / (1 + i), "maxGrad": 1.0}))
+            events.append(
+                ev(
+                    "training.watch.step",
+                    session,
+                    run,
+                    run=run,
+                    snapshot={"step": i, "loss": 1 / (1 + i), "maxGrad": 1.0},
+                )
+            )
         if i in signal_steps:
-            events.append(ev("training.watch.signal", session, run, run=run, signal={"type": "gradient_spike", "severity": "warn", "step": i, "message": "spike"}))
-    return [events[k:k + MAX_BATCH] for k in range(0, len(events), MAX_BATCH)]
+            events.append(
+                ev(
+                    "training.watch.signal",
+                    session,
+                    run,
+                    run=run,
+                    signal={"type": "gradient_spike", "severity": "warn", "step": i, "message": "spike"},
+                )
+            )
+    return [events[k : k + MAX_BATCH] for k in range(0, len(events), MAX_BATCH)]
 
 
-def tool_call(session: str, call_id: str, tool: str = "run_demo", card: str = "demo", slim: Any = None, **args: Any) -> list[dict[str, Any]]:
+def tool_call(
+    session: str, call_id: str, tool: str = "run_demo", card: str = "demo", slim: Any = None, **args: Any
+) -> list[dict[str, Any]]:
     """The start/progress/result events the runner sends for one successful call."""
-    envelope = {"schema_version": 1, "tool": tool, "call_id": call_id, "inputs": args, "result": {"slim": slim, "detail": list(range(50))}}
+    envelope = {
+        "schema_version": 1,
+        "tool": tool,
+        "call_id": call_id,
+        "inputs": args,
+        "result": {"slim": slim, "detail": list(range(50))},
+    }
     return [
         ev("tool.start", session, call_id, tool=tool, card=card, args=args),
         ev("tool.progress", session, call_id, fraction=0.5, message="halfway"),
-        ev("tool.result", session, call_id, tool=tool, card=card, duration_s=0.25, slim=slim, findings=[{"text": "a finding", "severity": "warn"}], result=envelope),
+        ev(
+            "tool.result",
+            session,
+            call_id,
+            tool=tool,
+            card=card,
+            duration_s=0.25,
+            slim=slim,
+            findings=[{"text": "a finding", "severity": "warn"}],
+            result=envelope,
+        ),
     ]
 
 

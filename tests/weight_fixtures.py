@@ -1,4 +1,5 @@
 """Tiny real models shared by the checkpoint-loader and weight-diff tests (built once per test session)."""
+
 from __future__ import annotations
 
 from functools import cache

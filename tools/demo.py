@@ -4,6 +4,7 @@ Builds a tiny GPT-2-style base, a real full fine-tune and a real LoRA adapter, r
 starts the web mirror in the background (or reuses one already serving), then runs every tool through the
 `trainspect` CLI exactly as a user types it, printing its readable tables — the same cards appear in the page.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,10 @@ def start_mirror(home: Path) -> None:
     log = open(DEMO / "web.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "toolserver.cli", "web", "--port", str(PORT)],
-        env={**os.environ, "TRAINSPECT_HOME": str(home)}, stdout=log, stderr=log, start_new_session=True,
+        env={**os.environ, "TRAINSPECT_HOME": str(home)},
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
     )
     (DEMO / "web.pid").write_text(str(proc.pid))
     for _ in range(100):

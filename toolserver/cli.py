@@ -2,6 +2,7 @@
 
 Exit codes: 0 ok, 1 error (one line on stderr), 2 a tool's own failing verdict (merge analysis).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,16 +102,33 @@ def build_parser(tools: Sequence[ToolSpec[Any, Any]]) -> argparse.ArgumentParser
     web = sub.add_parser("web", help="serve the web mirror (live cards of every tool call)")
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=8002)
-    web.add_argument("--token", default=os.environ.get("TRAINSPECT_MIRROR_TOKEN"), help="required to bind a non-loopback address")
-    web.add_argument("--home", type=Path, metavar="DIR", help="state directory (default $TRAINSPECT_HOME or ~/.trainspect)")
+    web.add_argument(
+        "--token", default=os.environ.get("TRAINSPECT_MIRROR_TOKEN"), help="required to bind a non-loopback address"
+    )
+    web.add_argument(
+        "--home", type=Path, metavar="DIR", help="state directory (default $TRAINSPECT_HOME or ~/.trainspect)"
+    )
     web.set_defaults(action="web")
     return parser
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--session", dest="_session", metavar="ID", help="session id (default: $TRAINSPECT_SESSION, else the last one started)")
-    p.add_argument("--save", dest="_save", type=Path, metavar="PATH", help="write the schema_version=1 JSON export here")
-    p.add_argument("--output", dest="_output", choices=["table", "json"], default="table", help="json prints the full result for scripts")
+    p.add_argument(
+        "--session",
+        dest="_session",
+        metavar="ID",
+        help="session id (default: $TRAINSPECT_SESSION, else the last one started)",
+    )
+    p.add_argument(
+        "--save", dest="_save", type=Path, metavar="PATH", help="write the schema_version=1 JSON export here"
+    )
+    p.add_argument(
+        "--output",
+        dest="_output",
+        choices=["table", "json"],
+        default="table",
+        help="json prints the full result for scripts",
+    )
     p.add_argument("--mirror", dest="_mirror", metavar="URL", help="web mirror URL for this call")
     p.add_argument("--no-mirror", dest="_no_mirror", action="store_true", help="do not mirror this call")
 

@@ -297,7 +297,9 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     """Write-then-rename in the same directory, so a reader or a crash never sees a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w", encoding=None if isinstance(data, bytes) else "utf-8") as f:
+        with os.fdopen(
+            fd, "wb" if isinstance(data, bytes) else "w", encoding=None if isinstance(data, bytes) else "utf-8"
+        ) as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:

@@ -5,6 +5,7 @@ so structured content validates against what `list_tools` advertises. Tool runs 
 thread; their progress becomes MCP progress notifications. Loaded models stay in memory between
 calls (per session), which is what makes a long-lived server faster than repeated CLI calls.
 """
+
 import inspect
 import threading
 import uuid
@@ -147,7 +148,13 @@ def _section(full: dict[str, Any], section: str | None) -> Any:
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            keys = list(node)[:20] if isinstance(node, dict) else f"a list of {len(node)}" if isinstance(node, list) else type(node).__name__
+            keys = (
+                list(node)[:20]
+                if isinstance(node, dict)
+                else f"a list of {len(node)}"
+                if isinstance(node, list)
+                else type(node).__name__
+            )
             raise MCPToolError(f"no section {section!r} in the result (at {part!r}; available: {keys})")
     return node
 
@@ -157,7 +164,9 @@ def build_server(mirror: Any | None = None) -> MCPServer:
     server: MCPServer = MCPServer(name="trainspect", instructions=INSTRUCTIONS)
     specs = {spec.name: spec for spec in all_tools()}
     for spec in specs.values():
-        server.add_tool(_tool_handler(spec, state), name=spec.name, description=_description(spec), structured_output=True)
+        server.add_tool(
+            _tool_handler(spec, state), name=spec.name, description=_description(spec), structured_output=True
+        )
 
     def start_tool(
         tool: Annotated[str, Field(description="name of the tool to run, as listed by list_tools")],
@@ -188,7 +197,9 @@ def build_server(mirror: Any | None = None) -> MCPServer:
 
     def get_result(
         call_id: Annotated[str, Field(description="the call_id of a finished or started call")],
-        section: Annotated[str | None, Field(description="dotted path inside the result envelope, e.g. 'result.rows'")] = None,
+        section: Annotated[
+            str | None, Field(description="dotted path inside the result envelope, e.g. 'result.rows'")
+        ] = None,
         offset: Annotated[int, Field(ge=0, description="first item when the section is a list")] = 0,
         limit: Annotated[int, Field(ge=1, le=200, description="items per page when the section is a list")] = 50,
     ) -> ResultPage:
@@ -196,7 +207,9 @@ def build_server(mirror: Any | None = None) -> MCPServer:
         progress of a call started with start_tool. Cheap: reads a stored file, loads no model."""
         job = state.jobs.get(call_id)
         if job is not None and job.status != "done":
-            return ResultPage(call_id=call_id, status=job.status, fraction=job.fraction, message=job.error or job.message)
+            return ResultPage(
+                call_id=call_id, status=job.status, fraction=job.fraction, message=job.error or job.message
+            )
         try:
             full = load_result(call_id)
         except ToolError as e:
@@ -206,18 +219,37 @@ def build_server(mirror: Any | None = None) -> MCPServer:
         if isinstance(data, list):
             total = len(data)
             data = data[offset : offset + limit]
-        return ResultPage(call_id=call_id, status="done", fraction=1.0, message="done", section=section, total=total, offset=offset, data=data)
+        return ResultPage(
+            call_id=call_id,
+            status="done",
+            fraction=1.0,
+            message="done",
+            section=section,
+            total=total,
+            offset=offset,
+            data=data,
+        )
 
     server.add_tool(start_tool, name="start_tool", structured_output=True)
     server.add_tool(get_result, name="get_result", structured_output=True)
     return server
 
 
-def serve(*, http: bool = False, host: str = "127.0.0.1", port: int = 8765, mirror_url: str | None = None, no_mirror: bool = False) -> None:
+def serve(
+    *,
+    http: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    mirror_url: str | None = None,
+    no_mirror: bool = False,
+) -> None:
     from web_mirror.client import MirrorClient
 
     if http and host not in LOOPBACK:
-        raise ToolError(f"refusing to serve MCP on {host}: it has no authentication", "bind 127.0.0.1 and tunnel if you need remote access")
+        raise ToolError(
+            f"refusing to serve MCP on {host}: it has no authentication",
+            "bind 127.0.0.1 and tunnel if you need remote access",
+        )
     mirror = MirrorClient.from_env(mirror_url, disabled=no_mirror)
     server = build_server(mirror)
     try:

@@ -1,4 +1,5 @@
 """Progress for people at a terminal: a tqdm bar on stderr, live event lines on stdout."""
+
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,13 @@ class TerminalProgress:
     def __init__(self, label: str, *, enabled: bool = True) -> None:
         self._bar: tqdm | None = None
         if enabled and sys.stderr.isatty():
-            self._bar = tqdm(total=100, desc=label, file=sys.stderr, leave=False, bar_format="{desc} {bar} {percentage:3.0f}% {postfix}")
+            self._bar = tqdm(
+                total=100,
+                desc=label,
+                file=sys.stderr,
+                leave=False,
+                bar_format="{desc} {bar} {percentage:3.0f}% {postfix}",
+            )
 
     def update(self, fraction: float, message: str) -> None:
         if self._bar is None:

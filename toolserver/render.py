@@ -13,6 +13,8 @@ def render(spec: ToolSpec[Any, Any], envelope: Envelope[Any]) -> str:
     if envelope.findings:
         parts.append("Findings:\n" + "\n".join(f"  [{f.severity}] {f.text}" for f in envelope.findings))
     if envelope.follow_ups:
-        parts.append("Next:\n" + "\n".join(f"  {fu.tool} {json.dumps(fu.args)} — {fu.why}" for fu in envelope.follow_ups))
+        parts.append(
+            "Next:\n" + "\n".join(f"  {fu.tool} {json.dumps(fu.args)} — {fu.why}" for fu in envelope.follow_ups)
+        )
     parts.append(f"call_id {envelope.call_id} · {envelope.duration_s:.2f}s")
     return "\n\n".join(p for p in parts if p)

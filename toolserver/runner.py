@@ -4,6 +4,7 @@ It validates arguments, resolves the session, gives the call an id, times it, fo
 and live events, mirrors `tool.*` events to the web mirror, stores the full result for
 `get_result`, and records the call in the session history.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def validate_args(spec: ToolSpec[Any, Any], args: dict[str, Any] | BaseModel) ->
 class _Reporter:
     """Forwards a tool's progress and live events to the caller's sinks and to the mirror."""
 
-    def __init__(self, call: "_Call", on_progress: ProgressSink | None, on_emit: EmitSink | None) -> None:
+    def __init__(self, call: _Call, on_progress: ProgressSink | None, on_emit: EmitSink | None) -> None:
         self._call = call
         self._on_progress = on_progress
         self._on_emit = on_emit
@@ -162,11 +163,20 @@ def invoke(
             "result": full,
         },
     )
-    _record(sess or _created_session(spec, session_id), spec, call.call_id, created_at, ok=True, name=getattr(inputs, "name", None))
+    _record(
+        sess or _created_session(spec, session_id),
+        spec,
+        call.call_id,
+        created_at,
+        ok=True,
+        name=getattr(inputs, "name", None),
+    )
     return envelope
 
 
-def _fail(call: _Call, spec: ToolSpec[Any, Any], sess: Session | None, created_at: str, started: float, err: ToolError) -> None:
+def _fail(
+    call: _Call, spec: ToolSpec[Any, Any], sess: Session | None, created_at: str, started: float, err: ToolError
+) -> None:
     call.send(
         "tool.error",
         {
@@ -180,7 +190,9 @@ def _fail(call: _Call, spec: ToolSpec[Any, Any], sess: Session | None, created_a
     _record(sess, spec, call.call_id, created_at, ok=False)
 
 
-def _record(sess: Session | None, spec: ToolSpec[Any, Any], call_id: str, created_at: str, *, ok: bool, name: Any = None) -> None:
+def _record(
+    sess: Session | None, spec: ToolSpec[Any, Any], call_id: str, created_at: str, *, ok: bool, name: Any = None
+) -> None:
     """Append to the session history, re-reading the file first so concurrent callers don't clobber it."""
     if sess is None:
         return
@@ -188,7 +200,9 @@ def _record(sess: Session | None, spec: ToolSpec[Any, Any], call_id: str, create
         fresh = load_session(sess.id)
     except ToolError:
         return  # the session was removed (or never persisted) meanwhile: nothing to record into
-    record = CallRecord(call_id=call_id, tool=spec.name, created_at=created_at, ok=ok, name=name if isinstance(name, str) else None)
+    record = CallRecord(
+        call_id=call_id, tool=spec.name, created_at=created_at, ok=ok, name=name if isinstance(name, str) else None
+    )
     fresh.history.append(record)
     fresh.save()
     sess.history = fresh.history

@@ -3,6 +3,7 @@
 The stream is Server-Sent Events whose ids are the event log's `seq`, so a page that reconnects with
 `Last-Event-ID` (or opens with `?after=` the `last_seq` of its card snapshot) misses nothing.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,9 +23,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from toolserver.contract import LiveFamily, MirrorContract, Severity
 from web_mirror.cards import Folder, newest_first
@@ -51,7 +52,11 @@ def _not_too_deep(data: dict[str, Any]) -> dict[str, Any]:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-        stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value) if isinstance(v, (dict, list)))
+        stack.extend(
+            (v, depth + 1)
+            for v in (value.values() if isinstance(value, dict) else value)
+            if isinstance(v, (dict, list))
+        )
     return data
 
 
@@ -60,21 +65,35 @@ class _IngestEvent(Event):
 
     model_config = ConfigDict(strict=True)  # no silent coercions: `"ts": false` is an error, not 1970
 
-    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="idempotency key: an event replayed with the same id is stored once", **_ID)
+    event_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        description="idempotency key: an event replayed with the same id is stored once",
+        **_ID,
+    )
     session: str = Field(description="session the card belongs to", **_ID)
     call_id: str = Field(description="the card: a tool call id, or the run id of a training/simulation stream", **_ID)
     ts: float = Field(default_factory=time.time, allow_inf_nan=False, description="unix time the event happened")
     data: Annotated[dict[str, Any], AfterValidator(_not_too_deep)] = Field(
-        default_factory=dict, description=f"the event's payload (see web_mirror.events.Event), nested {MAX_DEPTH} levels at most")
+        default_factory=dict,
+        description=f"the event's payload (see web_mirror.events.Event), nested {MAX_DEPTH} levels at most",
+    )
 
 
 def ingest_model(families: list[LiveFamily]) -> type[_IngestEvent]:
     """The POSTed event, its `type` limited to tool.* and the declared live families (so the OpenAPI schema says so)."""
     declared = ", ".join(f"{f.prefix}.*" for f in families) or "no live families"
     return create_model(  # type: ignore[call-overload,no-any-return]
-        "IngestEvent", __base__=_IngestEvent, __doc__=_IngestEvent.__doc__,
-        type=(str, Field(pattern=event_type_pattern(f.prefix for f in families), max_length=100,
-                         description=f"tool.start|progress|result|error, or an event of a declared live family ({declared})")),
+        "IngestEvent",
+        __base__=_IngestEvent,
+        __doc__=_IngestEvent.__doc__,
+        type=(
+            str,
+            Field(
+                pattern=event_type_pattern(f.prefix for f in families),
+                max_length=100,
+                description=f"tool.start|progress|result|error, or an event of a declared live family ({declared})",
+            ),
+        ),
     )
 
 
@@ -94,9 +113,12 @@ class LiveState(BaseModel):
 
     family: str = Field(description="the family's prefix, e.g. training.watch")
     label: str | None = Field(description="the stream's name (the family's label_key, e.g. the run)")
-    points: list[dict[str, Any]] = Field(description=(
-        "the family's fields of the kept point events (max_points at most, plus any pinned beyond half of that), "
-        "each with n (its ordinal among the stream's point events) and pinned (a marker sits on it)"))
+    points: list[dict[str, Any]] = Field(
+        description=(
+            "the family's fields of the kept point events (max_points at most, plus any pinned beyond half of that), "
+            "each with n (its ordinal among the stream's point events) and pinned (a marker sits on it)"
+        )
+    )
     markers: list[dict[str, Any]] = Field(description="marker events' payloads (e.g. signals), in arrival order")
     summary: Any
     seen: int = Field(description="point events folded so far")
@@ -141,19 +163,27 @@ class Problem(BaseModel):
 class PageContract(BaseModel):
     """What the page needs to draw cards: which kinds have a renderer module, and how live families fold."""
 
-    renderers: list[str] = Field(description="card kinds drawn by /static/cards/<kind>.js; others get the generic table")
+    renderers: list[str] = Field(
+        description="card kinds drawn by /static/cards/<kind>.js; others get the generic table"
+    )
     families: list[LiveFamily]
     severities: tuple[Severity, ...]
 
 
 _bearer = HTTPBearer(auto_error=False, description="the server's --token")
-_query_token = APIKeyQuery(name="token", auto_error=False, description="the token, for EventSource (which cannot send headers)")
+_query_token = APIKeyQuery(
+    name="token", auto_error=False, description="the token, for EventSource (which cannot send headers)"
+)
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 QueryToken = Annotated[str | None, Depends(_query_token)]
 
 
 # the body limiter answers in JSON, or in plain text when the limit trips while the body is being read
-_TOO_LARGE: dict[str, Any] = {"model": Problem, "description": "body too large", "content": {"text/plain": {"schema": {"type": "string"}}}}
+_TOO_LARGE: dict[str, Any] = {
+    "model": Problem,
+    "description": "body too large",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 
 
 class _FoldedCards:
@@ -189,8 +219,14 @@ class _Hub:
         old.set()
 
 
-def create_app(home: Path, *, contract: MirrorContract | None = None, token: str | None = None, max_body: int = MAX_BODY,
-               hosts: list[str] | None = None) -> FastAPI:
+def create_app(
+    home: Path,
+    *,
+    contract: MirrorContract | None = None,
+    token: str | None = None,
+    max_body: int = MAX_BODY,
+    hosts: list[str] | None = None,
+) -> FastAPI:
     """The app over the store in `home`, for the tools `contract` describes (the front door that starts the mirror
     passes the registry's; without one only tool.* events are accepted and every card is generic). With `hosts`,
     requests naming any other Host get a 400: a page on some other site cannot rebind its DNS name to 127.0.0.1
@@ -199,8 +235,11 @@ def create_app(home: Path, *, contract: MirrorContract | None = None, token: str
     store = Store.in_home(home)
     folded = _FoldedCards(store, Folder(contract.families))
     hub = _Hub()
-    page_contract = PageContract(renderers=[k for k in contract.cards if (RENDERERS / f"{k}.js").is_file()],
-                                 families=contract.families, severities=contract.severities)
+    page_contract = PageContract(
+        renderers=[k for k in contract.cards if (RENDERERS / f"{k}.js").is_file()],
+        families=contract.families,
+        severities=contract.severities,
+    )
     ingest = ingest_model(contract.families)
     # built per app (the accepted types depend on the contract), so given as an object, not a string annotation
     body = Annotated[ingest | Annotated[list[ingest], Field(min_length=1, max_length=MAX_BATCH)], Body()]  # type: ignore[valid-type]
@@ -220,7 +259,9 @@ def create_app(home: Path, *, contract: MirrorContract | None = None, token: str
     )
     # the schema declares auth (and its 401) exactly when it is enforced
     api = [Depends(authorised)] if token else []
-    errors: dict[int | str, dict[str, Any]] = {401: {"model": Problem, "description": "missing or wrong token"}} if token else {}
+    errors: dict[int | str, dict[str, Any]] = (
+        {401: {"model": Problem, "description": "missing or wrong token"}} if token else {}
+    )
 
     async def post_events(events: Any) -> IngestReply:
         """Store one event or an ordered batch; replays (same event_id) are ignored."""
@@ -232,8 +273,11 @@ def create_app(home: Path, *, contract: MirrorContract | None = None, token: str
         return IngestReply(accepted=len(stored), duplicates=duplicates, last_seq=last)
 
     post_events.__annotations__ = {"events": body, "return": IngestReply}
-    app.post("/api/events", dependencies=api, responses={
-        **errors, 400: {"model": Problem, "description": "the body could not be read"}, 413: _TOO_LARGE})(post_events)
+    app.post(
+        "/api/events",
+        dependencies=api,
+        responses={**errors, 400: {"model": Problem, "description": "the body could not be read"}, 413: _TOO_LARGE},
+    )(post_events)
 
     @app.get("/api/contract", dependencies=api, responses=errors)
     async def page_contract_() -> PageContract:
@@ -261,7 +305,9 @@ def create_app(home: Path, *, contract: MirrorContract | None = None, token: str
             raise HTTPException(404, f"no result for call {call_id!r}")
         return result
 
-    @app.get("/api/sessions/{session_id:path}/stream", dependencies=api, responses=errors, response_class=EventSourceResponse)
+    @app.get(
+        "/api/sessions/{session_id:path}/stream", dependencies=api, responses=errors, response_class=EventSourceResponse
+    )
     async def session_stream(
         session_id: str,
         after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,

@@ -43,10 +43,25 @@ class Folder:
     def new_card(self, ev: StoredEvent) -> dict[str, Any]:
         family = self.family(ev.type)
         return {
-            "call_id": ev.call_id, "session": ev.session, "kind": family.card if family else "generic", "tool": None,
-            "status": "running", "first_seq": ev.seq, "last_seq": ev.seq, "started_ts": ev.ts, "ended_ts": None,
-            "duration_s": None, "args": None, "progress": None, "slim": None, "findings": [], "error": None,
-            "hint": None, "has_result": False, "live": None, "extra": [],
+            "call_id": ev.call_id,
+            "session": ev.session,
+            "kind": family.card if family else "generic",
+            "tool": None,
+            "status": "running",
+            "first_seq": ev.seq,
+            "last_seq": ev.seq,
+            "started_ts": ev.ts,
+            "ended_ts": None,
+            "duration_s": None,
+            "args": None,
+            "progress": None,
+            "slim": None,
+            "findings": [],
+            "error": None,
+            "hint": None,
+            "has_result": False,
+            "live": None,
+            "extra": [],
         }
 
     def apply(self, card: dict[str, Any], ev: StoredEvent) -> None:
@@ -62,10 +77,18 @@ class Folder:
             return
         live = card["live"]
         if live is None or live["family"] != family.prefix:
-            live = card["live"] = {"family": family.prefix, "label": None, "points": [], "markers": [], "summary": None,
-                                   "seen": 0, "stride": 1, "pinned": 0}
+            live = card["live"] = {
+                "family": family.prefix,
+                "label": None,
+                "points": [],
+                "markers": [],
+                "summary": None,
+                "seen": 0,
+                "stride": 1,
+                "pinned": 0,
+            }
         live["label"] = _text(d.get(family.label_key)) or live["label"]
-        suffix = ev.type[len(family.prefix) + 1:]
+        suffix = ev.type[len(family.prefix) + 1 :]
         if suffix == family.point and isinstance(d.get(family.point_key), dict):
             _add_point(live, family, d[family.point_key])
         elif suffix == family.marker and isinstance(d.get(family.marker_key), dict):

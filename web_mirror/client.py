@@ -18,10 +18,10 @@ calls whose latest event is oldest are dropped whole until it fits in 3/4 of the
 is rewritten rarely); if the newest call alone is still too big, its oldest events go too. The first
 drop in a process is reported in one warning line (stderr unless logging is configured otherwise).
 """
+
 from __future__ import annotations
 
 import enum
-import fcntl
 import hashlib
 import json
 import logging
@@ -107,7 +107,7 @@ class Spool:
             return False
 
     @contextmanager
-    def locked(self) -> Iterator["Spool"]:
+    def locked(self) -> Iterator[Spool]:
         with locked(self.path):
             yield self
 
@@ -163,7 +163,7 @@ class Spool:
         pending = [line for line, _ in self.pending()]
         calls = [_call_of(line) for line in pending]
         size: dict[str | None, int] = {}  # per call, ordered by its latest event: stalest first
-        for line, call in zip(pending, calls):
+        for line, call in zip(pending, calls, strict=True):
             size[call] = size.pop(call, 0) + len(line) + 1
         total, target = sum(size.values()), int(self.max_bytes * SPOOL_KEEP)
         gone: set[str | None] = set()
@@ -172,12 +172,14 @@ class Spool:
                 break
             gone.add(call)
             total -= size[call]
-        kept = [line for line, call in zip(pending, calls) if call not in gone]
+        kept = [line for line, call in zip(pending, calls, strict=True) if call not in gone]
         first = 0
         while total > target:  # the newest call alone is too big: keep its latest events
             total -= len(kept[first]) + 1
             first += 1
-        dropped = Dropped(len(pending) - len(kept) + first, len(gone) + (first > 0), sum(len(line) + 1 for line in pending) - total)
+        dropped = Dropped(
+            len(pending) - len(kept) + first, len(gone) + (first > 0), sum(len(line) + 1 for line in pending) - total
+        )
         atomic_write(self.path, b"".join(line + b"\n" for line in kept[first:]))
         self._offset.unlink(missing_ok=True)
         return dropped
@@ -187,7 +189,13 @@ class MirrorClient:
     """Sends events to the mirror; spools them when it is unreachable or slow."""
 
     def __init__(
-        self, url: str, *, token: str | None = None, spool_dir: Path | None = None, timeout: float = 0.5, spool_max: int | None = None
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        spool_dir: Path | None = None,
+        timeout: float = 0.5,
+        spool_max: int | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         headers = {"content-type": "application/json"}
@@ -195,7 +203,9 @@ class MirrorClient:
             headers["authorization"] = f"Bearer {token}"
         self.timeout = timeout
         self._http = httpx.Client(timeout=timeout, headers=headers)
-        self.spool = Spool(spool_dir or home() / "spool", self.url, spool_max_bytes() if spool_max is None else spool_max)
+        self.spool = Spool(
+            spool_dir or home() / "spool", self.url, spool_max_bytes() if spool_max is None else spool_max
+        )
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._backoff = BACKOFF_START
@@ -203,7 +213,7 @@ class MirrorClient:
         self._unreachable_call: str | None = None  # the call that paid that timeout: it makes no further attempt
 
     @classmethod
-    def from_env(cls, url: str | None = None, *, disabled: bool = False) -> "MirrorClient | None":
+    def from_env(cls, url: str | None = None, *, disabled: bool = False) -> MirrorClient | None:
         """The client for `url`, else $TRAINSPECT_MIRROR_URL, else the default; None when mirroring is off."""
         if disabled:
             return None
@@ -243,7 +253,8 @@ class MirrorClient:
 
     def close(self) -> None:
         """Deliver what the mirror takes within CLOSE_BUDGET, then release the connection; the rest stays
-        spooled. No attempt at all while backing off or after a connect timeout: an exit never waits on a dead mirror."""
+        spooled. No attempt at all while backing off or after a connect timeout: an exit never waits on a dead
+        mirror."""
         try:
             if not self._unreachable and time.monotonic() >= self._down_until and self.spool.maybe_pending():
                 self.flush(CLOSE_BUDGET)
@@ -261,7 +272,12 @@ class MirrorClient:
             log.warning(
                 "web mirror %s is not taking events and its spool reached its %d-byte bound (%s): dropped the "
                 "stalest %d call(s), %d events, %.1f KiB (later drops in this process are not reported)",
-                self.url, spool.max_bytes, SPOOL_MAX_ENV, dropped.calls, dropped.events, dropped.bytes / 1024,
+                self.url,
+                spool.max_bytes,
+                SPOOL_MAX_ENV,
+                dropped.calls,
+                dropped.events,
+                dropped.bytes / 1024,
             )
 
     def _reject(self, spool: Spool, line: bytes, why: str) -> None:
@@ -320,7 +336,9 @@ def _refusal(r: httpx.Response) -> str:
         detail = r.text[:200]
     if isinstance(detail, list) and detail and isinstance(detail[0], dict):
         first = detail[0]
-        detail = f"{'.'.join(str(p) for p in first.get('loc', []))}: {first.get('msg')}" + (f" (+{len(detail) - 1} more)" if len(detail) > 1 else "")
+        detail = f"{'.'.join(str(p) for p in first.get('loc', []))}: {first.get('msg')}" + (
+            f" (+{len(detail) - 1} more)" if len(detail) > 1 else ""
+        )
     return f"HTTP {r.status_code}: {detail}"
 
 
@@ -340,7 +358,11 @@ def _call_of(line: bytes) -> str | None:
 
 def _batch(pending: list[tuple[bytes, int]], start: int) -> list[tuple[bytes, int]]:
     size, end = 0, start
-    while end < len(pending) and end - start < BATCH_EVENTS and (end == start or size + len(pending[end][0]) < BATCH_BYTES):
+    while (
+        end < len(pending)
+        and end - start < BATCH_EVENTS
+        and (end == start or size + len(pending[end][0]) < BATCH_BYTES)
+    ):
         size += len(pending[end][0])
         end += 1
     return pending[start:end]

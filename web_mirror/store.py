@@ -4,6 +4,7 @@ Events are appended with a monotonically increasing `seq` (the SSE event id a re
 resumes from) and stored once per `event_id`, so a client replaying its spool cannot duplicate a card.
 A `tool.result`'s full envelope is split off into `results` and never travels with cards or the stream.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,7 +91,10 @@ class Store:
             with self._lock:
                 self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
-            raise ToolError(f"cannot open the mirror's database {path}: {e}", "point $TRAINSPECT_HOME (or --home) at a writable directory, or move a damaged file aside") from None
+            raise ToolError(
+                f"cannot open the mirror's database {path}: {e}",
+                "point $TRAINSPECT_HOME (or --home) at a writable directory, or move a damaged file aside",
+            ) from None
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -103,7 +107,7 @@ class Store:
         return self._conn
 
     @classmethod
-    def in_home(cls, home: Path) -> "Store":
+    def in_home(cls, home: Path) -> Store:
         return cls(home / DB_NAME)
 
     def close(self) -> None:
@@ -137,9 +141,15 @@ class Store:
                     " last_ts=max(last_ts, excluded.last_ts), n_events=n_events+1",
                     (ev.session, seq, seq, ev.ts, ev.ts),
                 )
-                db.execute("INSERT OR IGNORE INTO cards (session, call_id, first_seq) VALUES (?,?,?)", (ev.session, ev.call_id, seq))
+                db.execute(
+                    "INSERT OR IGNORE INTO cards (session, call_id, first_seq) VALUES (?,?,?)",
+                    (ev.session, ev.call_id, seq),
+                )
                 if full is not None:
-                    db.execute("INSERT OR REPLACE INTO results (call_id, session, body) VALUES (?,?,?)", (ev.call_id, ev.session, dumps(full)))
+                    db.execute(
+                        "INSERT OR REPLACE INTO results (call_id, session, body) VALUES (?,?,?)",
+                        (ev.call_id, ev.session, dumps(full)),
+                    )
                 stored.append(StoredEvent(seq, ev.event_id, ev.type, ev.session, ev.call_id, ev.ts, slim))
         return stored, duplicates
 
@@ -154,10 +164,11 @@ class Store:
         return [SessionInfo(*row) for row in rows]
 
     def events(self, session_id: str, after: int = 0) -> list[StoredEvent]:
-        """The session's event log after seq `after` (by default the whole log), in order: what its cards are folded from."""
+        """The session's event log after seq `after` (by default the whole log), in order: what cards fold from."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, event_id, type, session, call_id, ts, data FROM events WHERE session = ? AND seq > ? ORDER BY seq",
+                "SELECT seq, event_id, type, session, call_id, ts, data FROM events WHERE session = ? AND seq > ? "
+                "ORDER BY seq",
                 (session_id, after),
             ).fetchall()
         return [StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
@@ -167,7 +178,8 @@ class Store:
         with self._lock:
             row = self._db.execute(
                 "SELECT max(seq), '[' || group_concat(ev, ',') || ']' FROM (SELECT seq, json_object("
-                "'seq', seq, 'event_id', event_id, 'type', type, 'session', session, 'call_id', call_id, 'ts', ts, 'data', json(data)"
+                "'seq', seq, 'event_id', event_id, 'type', type, 'session', session, 'call_id', call_id, 'ts', ts, "
+                "'data', json(data)"
                 ") AS ev FROM events WHERE session = ? AND seq > ? ORDER BY seq LIMIT ?)",
                 (session_id, after, limit),
             ).fetchone()
@@ -194,4 +206,3 @@ class _transaction:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-

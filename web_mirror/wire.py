@@ -5,6 +5,7 @@ the strings "NaN", "Infinity", "-Infinity", which JavaScript's `Number()` reads 
 UTF-8 has no lone surrogates, but JSON's "\\ud800" escape and an undecodable file name both make
 them: they travel as U+FFFD, so no event is lost to an encoding error.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,4 +34,6 @@ def wire_value(value: Any) -> Any:
 
 def dumps(value: Any) -> str:
     """Compact strict JSON (never a bare NaN), non-ASCII kept as is; paths, datetimes etc. as pydantic writes them."""
-    return json.dumps(wire_value(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=to_jsonable_python)
+    return json.dumps(
+        wire_value(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=to_jsonable_python
+    )

@@ -1,8 +1,15 @@
 """start_session, load_sae and session_status: what the session holds, as tools."""
 
 from session.state import SessionStatus
+from tools.session.models import (
+    LoadSaeInput,
+    LoadSaeResult,
+    SaeCard,
+    SessionCard,
+    SessionStatusInput,
+    StartSessionInput,
+)
 from toolserver.contract import ToolSpec, lazy
-from tools.session.models import LoadSaeInput, LoadSaeResult, SaeCard, SessionCard, SessionStatusInput, StartSessionInput
 
 START = ToolSpec(
     name="start_session",

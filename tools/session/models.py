@@ -11,7 +11,9 @@ from session.catalog import CATALOG
 
 class StartSessionInput(BaseModel):
     id: str = Field(description="session id: letters, digits, '.', '_' or '-'; later calls default to this session")
-    model: str = Field(description=f"catalog slug ({', '.join(CATALOG)}), Hugging Face id, or a local save_pretrained directory")
+    model: str = Field(
+        description=f"catalog slug ({', '.join(CATALOG)}), Hugging Face id, or a local save_pretrained directory"
+    )
 
 
 class LoadSaeInput(BaseModel):
@@ -31,13 +33,16 @@ class LoadSaeResult(BaseModel):
     sae: str = Field(description="the SAE spec as stored (local directories made absolute)")
     source: str = Field(description="local or pretrained")
     hook: str = Field(description="TransformerLens hook the SAE reads, from its metadata")
-    hook_assumed: bool = Field(description="the SAE's metadata names no hook, so `hook` is the default layer's resid_post, a guess")
+    hook_assumed: bool = Field(
+        description="the SAE's metadata names no hook, so `hook` is the default layer's resid_post, a guess"
+    )
     layer: int
     d_in: int
     d_sae: int = Field(description="number of SAE features")
     architecture: str
     model_kwargs: dict[str, Any] = Field(
-        description="how sae-lens loaded the model the SAE was trained on (HookedTransformer.from_pretrained kwargs, from its metadata)"
+        description="how sae-lens loaded the model the SAE was trained on (HookedTransformer.from_pretrained kwargs, "
+        "from its metadata)"
     )
     processing: str = Field(description="the weight processing analyses run the model with to match the SAE, and why")
 

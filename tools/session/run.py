@@ -5,22 +5,40 @@ from __future__ import annotations
 from session import service
 from session.context import ToolContext
 from session.sae import processing_for
-from session.state import SessionStatus
-from session.state import Session
-from toolserver.contract import Finding, FollowUp, Outcome, Reporter
+from session.state import Session, SessionStatus
 from tools.session import LOAD_SAE
 from tools.session.models import LoadSaeInput, LoadSaeResult, SessionStatusInput, StartSessionInput
 from tools.watch import SPEC as WATCH
 from tools.weight_diff import SPEC as WEIGHT_DIFF
+from toolserver.contract import Finding, FollowUp, Outcome, Reporter
 
 
 def _next_steps(session: Session, status: SessionStatus) -> list[FollowUp]:
     steps: list[FollowUp] = []
     entry = service.catalog_entry(session)
     if session.kind == "llm" and not session.sae and entry and entry.sae_spec:
-        steps.append(FollowUp(tool=LOAD_SAE.name, args={"sae": entry.sae_spec}, why=f"sae-lens publishes an SAE for {entry.slug} at layer {entry.default_layer} (downloads from the HF hub)"))
-    steps.append(FollowUp(tool=WEIGHT_DIFF.name, args={}, why="pass checkpoint=PATH of a fine-tune to see which layers and matrices it changed"))
-    steps.append(FollowUp(tool=WATCH.name, args={}, why="pass metrics=PATH of a training log (JSONL or trainer_state.json) for live loss/gradient signals"))
+        steps.append(
+            FollowUp(
+                tool=LOAD_SAE.name,
+                args={"sae": entry.sae_spec},
+                why=f"sae-lens publishes an SAE for {entry.slug} at layer {entry.default_layer} (downloads from the "
+                f"HF hub)",
+            )
+        )
+    steps.append(
+        FollowUp(
+            tool=WEIGHT_DIFF.name,
+            args={},
+            why="pass checkpoint=PATH of a fine-tune to see which layers and matrices it changed",
+        )
+    )
+    steps.append(
+        FollowUp(
+            tool=WATCH.name,
+            args={},
+            why="pass metrics=PATH of a training log (JSONL or trainer_state.json) for live loss/gradient signals",
+        )
+    )
     return steps
 
 
@@ -33,11 +51,24 @@ def run_start(ctx: ToolContext, args: StartSessionInput, reporter: Reporter) -> 
     started, kept = service.start_session(args.id, args.model)
     status = service.status(started, ctx.models)
     reporter.progress(1.0, "session saved")
-    findings = [Finding(text=f"Session {status.id}: {_describe(status)} from {status.model_source}; default layer {status.default_layer}. No weights loaded yet: analyses load the model on first use.")]
+    findings = [
+        Finding(
+            text=f"Session {status.id}: {_describe(status)} from {status.model_source}; default layer "
+            f"{status.default_layer}. No weights loaded yet: analyses load the model on first use."
+        )
+    ]
     if kept:
-        findings.append(Finding(text=f"The session's previous file was unreadable; it is kept as {kept} and this session starts afresh.", severity="warn"))
+        findings.append(
+            Finding(
+                text=f"The session's previous file was unreadable; it is kept as {kept} and this session starts "
+                f"afresh.",
+                severity="warn",
+            )
+        )
     if status.sae:
-        findings.append(Finding(text=f"Kept the SAE {status.sae} at {status.sae_hook} from the session's earlier start."))
+        findings.append(
+            Finding(text=f"Kept the SAE {status.sae} at {status.sae_hook} from the session's earlier start.")
+        )
     return Outcome(result=status, findings=findings, follow_ups=_next_steps(started, status))
 
 
@@ -48,16 +79,46 @@ def run_load_sae(ctx: ToolContext, args: LoadSaeInput, reporter: Reporter) -> Ou
     processing, why = processing_for(info)
     reporter.progress(1.0, "SAE loaded")
     result = LoadSaeResult(
-        session=sess.id, sae=info.spec, source=info.source, hook=info.hook, hook_assumed=info.hook_assumed, layer=info.layer,
-        d_in=info.d_in, d_sae=info.d_sae, architecture=info.architecture, model_kwargs=info.model_kwargs, processing=why,
+        session=sess.id,
+        sae=info.spec,
+        source=info.source,
+        hook=info.hook,
+        hook_assumed=info.hook_assumed,
+        layer=info.layer,
+        d_in=info.d_in,
+        d_sae=info.d_sae,
+        architecture=info.architecture,
+        model_kwargs=info.model_kwargs,
+        processing=why,
     )
-    findings = [Finding(text=f"SAE loaded: {info.d_sae} {info.architecture} features reading {info.hook} (layer {info.layer}, d_in {info.d_in} = the model's d_model).")]
+    findings = [
+        Finding(
+            text=f"SAE loaded: {info.d_sae} {info.architecture} features reading {info.hook} (layer {info.layer}, "
+            f"d_in {info.d_in} = the model's d_model)."
+        )
+    ]
     if info.hook_assumed:
-        findings.append(Finding(text=f"The SAE's metadata names no hook: assuming it reads {info.hook} (the model's default layer). If it was trained elsewhere, save it with metadata.hook_name set.", severity="warn"))
+        findings.append(
+            Finding(
+                text=f"The SAE's metadata names no hook: assuming it reads {info.hook} (the model's default layer). "
+                f"If it was trained elsewhere, save it with metadata.hook_name set.",
+                severity="warn",
+            )
+        )
     if not processing.raw:
-        findings.append(Finding(text=f"SAE analyses run the model with {processing.describe()} to match how the SAE was trained "
-                                     f"({why}); weight-diff and raw-weight tools are unaffected."))
-    follow = [FollowUp(tool=WEIGHT_DIFF.name, args={}, why=f"pass checkpoint=PATH to see whether layer {info.layer}, where the SAE reads, changed")]
+        findings.append(
+            Finding(
+                text=f"SAE analyses run the model with {processing.describe()} to match how the SAE was trained "
+                f"({why}); weight-diff and raw-weight tools are unaffected."
+            )
+        )
+    follow = [
+        FollowUp(
+            tool=WEIGHT_DIFF.name,
+            args={},
+            why=f"pass checkpoint=PATH to see whether layer {info.layer}, where the SAE reads, changed",
+        )
+    ]
     return Outcome(result=result, findings=findings, follow_ups=follow)
 
 
@@ -66,10 +127,19 @@ def run_status(ctx: ToolContext, args: SessionStatusInput, reporter: Reporter) -
     status = service.status(sess, ctx.models)
     sae = f"SAE {status.sae} at {status.sae_hook}" if status.sae else "no SAE"
     loaded = "model in memory" if status.model_in_memory else "model not loaded in this process"
-    findings = [Finding(text=f"Session {status.id}: {_describe(status)}; {sae}; {status.calls} call{'' if status.calls == 1 else 's'} so far; {loaded}.")]
+    findings = [
+        Finding(
+            text=f"Session {status.id}: {_describe(status)}; {sae}; {status.calls} "
+            f"call{'' if status.calls == 1 else 's'} so far; {loaded}."
+        )
+    ]
     failed = [c for c in status.recent_calls if not c.ok]
     if failed:
-        findings.append(Finding(text=f"{len(failed)} of the last {len(status.recent_calls)} calls failed ({', '.join(c.tool for c in failed)}).", severity="warn"))
+        findings.append(
+            Finding(
+                text=f"{len(failed)} of the last {len(status.recent_calls)} calls failed "
+                f"({', '.join(c.tool for c in failed)}).",
+                severity="warn",
+            )
+        )
     return Outcome(result=status, findings=findings, follow_ups=_next_steps(sess, status))
-
-

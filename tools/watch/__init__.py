@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from toolserver.contract import ToolSpec, lazy
 from tools.watch.engine import EngineConfig, SignalEngine
 from tools.watch.models import WatchCard, WatchInput, WatchResult
 from tools.watch.snapshot import WATCH_EVENTS, Signal, StepSnapshot
+from toolserver.contract import ToolSpec, lazy
 
 if TYPE_CHECKING:
     from tools.watch.emitters import StepLogger
@@ -23,7 +23,8 @@ SPEC = ToolSpec(
     summary=(
         "Signals from a training run's step events (loss, learning rate, max grad norm, per-layer grad norms): "
         "divergence, gradient spikes, dead attention/other layers, plateaus, non-finite loss. Reads a JSONL step log, "
-        "a Hugging Face trainer_state.json or a Lightning metrics.csv; no model and no GPU, ~40k steps/s when replaying. "
+        "a Hugging Face trainer_state.json or a Lightning metrics.csv; cost: no model, no GPU, ~40k steps/s when "
+        "replaying. "
         "For a run still training call again with since_last=true to get only new signals (or follow=true to tail it). "
         "Next: dead layers → run_weight_diff on a checkpoint of the run to see whether those layers moved."
     ),

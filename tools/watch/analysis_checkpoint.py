@@ -14,16 +14,16 @@ histogram always use every element); grids are stored for at most `max_grids` we
 across depth. A 0.5B-parameter model comes to about 200 KB (bench/watch.py).
 The file carries `schema_version`; readers refuse any version they do not know.
 """
+
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections import deque
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field, ValidationError
@@ -80,7 +80,9 @@ class ActivationStats(Moments):
 class AttentionStats(BaseModel):
     entropy_per_head: list[float] = Field(description="mean over batch and queries of −Σ p log p (nats)")
     max_attn_per_head: list[float] = Field(description="mean over batch and queries of the largest weight")
-    grid_per_head: list[list[list[float]]] = Field(description="first sequence's pattern per head, sampled to at most 32×32")
+    grid_per_head: list[list[list[float]]] = Field(
+        description="first sequence's pattern per head, sampled to at most 32×32"
+    )
 
 
 class AnalysisCheckpoint(BaseModel):
@@ -131,8 +133,13 @@ def tensor_stats(t: torch.Tensor, cfg: AnalysisConfig, *, gradient: bool = False
     else:  # a constant tensor: everything in the first bin
         counts = [flat.numel()] + [0] * (bins - 1)
     return TensorStats(
-        shape=list(t.shape), mean=_r(scalars[0]), std=_r(scalars[1]), min=_r(scalars[2]), max=_r(scalars[3]),
-        norm=_r(scalars[4]), percentiles=percentiles,
+        shape=list(t.shape),
+        mean=_r(scalars[0]),
+        std=_r(scalars[1]),
+        min=_r(scalars[2]),
+        max=_r(scalars[3]),
+        norm=_r(scalars[4]),
+        percentiles=percentiles,
         histogram=Histogram(lo=_r(scalars[2]), hi=_r(scalars[3]), counts=counts),
         grid=sampled_grid(t) if grid else None,
     )
@@ -140,10 +147,17 @@ def tensor_stats(t: torch.Tensor, cfg: AnalysisConfig, *, gradient: bool = False
 
 def activation_stats(t: torch.Tensor) -> ActivationStats:
     flat = t.detach().reshape(-1).float()
-    values = torch.stack([flat.mean(), flat.std(correction=0), flat.min(), flat.max(),
-                          (flat.abs() <= 1e-6).float().mean()]).tolist()
-    return ActivationStats(shape=list(t.shape), mean=_r(values[0]), std=_r(values[1]), min=_r(values[2]),
-                           max=_r(values[3]), sparsity=_r(values[4]))
+    values = torch.stack(
+        [flat.mean(), flat.std(correction=0), flat.min(), flat.max(), (flat.abs() <= 1e-6).float().mean()]
+    ).tolist()
+    return ActivationStats(
+        shape=list(t.shape),
+        mean=_r(values[0]),
+        std=_r(values[1]),
+        min=_r(values[2]),
+        max=_r(values[3]),
+        sparsity=_r(values[4]),
+    )
 
 
 def attention_stats(pattern: torch.Tensor) -> AttentionStats:
@@ -154,8 +168,11 @@ def attention_stats(pattern: torch.Tensor) -> AttentionStats:
     entropy = -torch.special.xlogy(p, p).sum(-1)  # [batch, heads, queries]
     peak = p.max(-1).values
     ent, top = entropy.mean(dim=(0, 2)).tolist(), peak.mean(dim=(0, 2)).tolist()
-    return AttentionStats(entropy_per_head=[_r(v) for v in ent], max_attn_per_head=[_r(v) for v in top],
-                          grid_per_head=[sampled_grid(p[0, h]) for h in range(p.shape[1])])
+    return AttentionStats(
+        entropy_per_head=[_r(v) for v in ent],
+        max_attn_per_head=[_r(v) for v in top],
+        grid_per_head=[sampled_grid(p[0, h]) for h in range(p.shape[1])],
+    )
 
 
 def grid_picks(names_and_dims: Sequence[tuple[str, int]], max_grids: int) -> set[str]:
@@ -164,9 +181,14 @@ def grid_picks(names_and_dims: Sequence[tuple[str, int]], max_grids: int) -> set
     return {matrices[i] for i in _index(len(matrices), max_grids).tolist()} if matrices and max_grids else set()
 
 
-def summarise(step: int, loss: float | None, reasons: list[Reason],
-              tensors: Iterable[tuple[str, torch.Tensor, torch.Tensor | None]], cfg: AnalysisConfig,
-              grid_names: set[str]) -> AnalysisCheckpoint:
+def summarise(
+    step: int,
+    loss: float | None,
+    reasons: list[Reason],
+    tensors: Iterable[tuple[str, torch.Tensor, torch.Tensor | None]],
+    cfg: AnalysisConfig,
+    grid_names: set[str],
+) -> AnalysisCheckpoint:
     """A checkpoint from (name, weight, grad) triples, consumed one at a time (a stream of tensors never
     needs the whole model in memory)."""
     weights: dict[str, TensorStats] = {}
@@ -178,8 +200,14 @@ def summarise(step: int, loss: float | None, reasons: list[Reason],
             weights[name] = tensor_stats(weight, cfg, grid=name in grid_names)
             if grad is not None:
                 gradients[name] = tensor_stats(grad, cfg, gradient=True)
-    return AnalysisCheckpoint(step=step, loss=loss if loss is None or math.isfinite(loss) else None, reasons=reasons,
-                              n_params=n_params, weights=weights, gradients=gradients)
+    return AnalysisCheckpoint(
+        step=step,
+        loss=loss if loss is None or math.isfinite(loss) else None,
+        reasons=reasons,
+        n_params=n_params,
+        weights=weights,
+        gradients=gradients,
+    )
 
 
 def scheduled(step: int) -> bool:
@@ -253,12 +281,14 @@ class AnalysisRecorder:
             if isinstance(out, torch.Tensor):
                 with torch.no_grad():
                     self._activations[name] = activation_stats(out)
+
         return hook
 
     def _pattern_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
             with torch.no_grad():
                 self._patterns[name] = attention_stats(output)
+
         return hook
 
     def disarm(self) -> None:
@@ -266,8 +296,14 @@ class AnalysisRecorder:
             h.remove()
         self._hooks.clear()
 
-    def record(self, step: int, loss: float | None, param_norms: Sequence[float] | None = None, *,
-               attentions: Sequence[torch.Tensor] | None = None) -> Path | None:
+    def record(
+        self,
+        step: int,
+        loss: float | None,
+        param_norms: Sequence[float] | None = None,
+        *,
+        attentions: Sequence[torch.Tensor] | None = None,
+    ) -> Path | None:
         """Write a checkpoint for this step if due. `attentions`: per-layer patterns, e.g. a Hugging Face
         model's `outputs.attentions` (run it with output_attentions=True)."""
         reasons: list[Reason] = (["scheduled"] if scheduled(step) else []) + self.triggers.check(loss, param_norms)
@@ -301,8 +337,10 @@ def read_analysis_checkpoint(path: str | Path) -> AnalysisCheckpoint:
         raise ToolError(f"cannot read analysis checkpoint {path}: {e}", "expected an analysis_*.json file") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
-        raise ToolError(f"analysis checkpoint {path} has schema_version {version!r}; this trainspect reads {SCHEMA_VERSION!r}",
-                        "re-record it with this version of trainspect, or read it with the version that wrote it")
+        raise ToolError(
+            f"analysis checkpoint {path} has schema_version {version!r}; this trainspect reads {SCHEMA_VERSION!r}",
+            "re-record it with this version of trainspect, or read it with the version that wrote it",
+        )
     try:
         return AnalysisCheckpoint.model_validate(data)
     except ValidationError as e:

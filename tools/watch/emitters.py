@@ -9,6 +9,7 @@ Gradient norms are grouped per parameter-owning module under the framework's own
 recognisable by name. Parameters with requires_grad=False (frozen on purpose, e.g. a LoRA base) are
 not reported; a trainable parameter that received no gradient reports 0 — that is a dead path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -91,10 +93,10 @@ class GradNormMeter:
         norms, riders = values[:n], values[n:]
         if n < len(self.params):  # parameters without a gradient count as 0
             full = [0.0] * len(self.params)
-            for i, v in zip(pending.present, norms):
+            for i, v in zip(pending.present, norms, strict=True):
                 full[i] = v
             norms = full
-        modules = dict(zip(self.names, [math.hypot(*norms[a:b]) for a, b in self._spans]))
+        modules = dict(zip(self.names, [math.hypot(*norms[a:b]) for a, b in self._spans], strict=True))
         peak, total = max(norms), sum(norms)
         if not math.isfinite(total):  # an overflowed step: max() would keep or drop a NaN by its position
             peak = total
@@ -131,8 +133,9 @@ class MirrorSink:
     black-holed never costs the loop more than a queue put. Step events are dropped (and counted) once
     the queue is nearly full; the last `reserve` places are kept for signals and the summary."""
 
-    def __init__(self, url: str, *, run: str, session: str, token: str | None, max_queue: int = 10_000,
-                 reserve: int = 1_000) -> None:
+    def __init__(
+        self, url: str, *, run: str, session: str, token: str | None, max_queue: int = 10_000, reserve: int = 1_000
+    ) -> None:
         from web_mirror.client import MirrorClient
 
         self.run, self.session = run, session
@@ -149,8 +152,9 @@ class MirrorSink:
         while (item := self._queue.get()) is not None:
             type, key, dump, ts = item
             try:
-                self.client.send(Event(type=type, session=self.session, call_id=self.run, ts=ts,
-                                       data={"run": self.run, key: dump()}))
+                self.client.send(
+                    Event(type=type, session=self.session, call_id=self.run, ts=ts, data={"run": self.run, key: dump()})
+                )
             except Exception:  # the client promises not to raise; the training run must not depend on it
                 log.warning("web mirror: event not sent", exc_info=True)
 
@@ -184,16 +188,28 @@ class StepLogger:
                   captured on scheduled steps when step() is called once per step with consecutive steps
     """
 
-    def __init__(self, model: nn.Module | None = None, *, path: str | Path | None = None, url: str | None = None,
-                 run: str | None = None, session: str | None = None, token: str | None = None,
-                 config: EngineConfig | None = None, append: bool = False,
-                 analysis_dir: str | Path | None = None, analysis: AnalysisConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        path: str | Path | None = None,
+        url: str | None = None,
+        run: str | None = None,
+        session: str | None = None,
+        token: str | None = None,
+        config: EngineConfig | None = None,
+        append: bool = False,
+        analysis_dir: str | Path | None = None,
+        analysis: AnalysisConfig | None = None,
+    ) -> None:
         if path is None and url is None and analysis_dir is None:
             raise ValueError("StepLogger needs path= (a JSONL file), url= (the web mirror) or analysis_dir=")
         if analysis_dir is not None and model is None:
             raise ValueError("analysis checkpoints need the model")
         self.meter = GradNormMeter(model) if model is not None else None
-        self.analysis = AnalysisRecorder(model, analysis_dir, analysis) if model is not None and analysis_dir is not None else None
+        self.analysis = (
+            AnalysisRecorder(model, analysis_dir, analysis) if model is not None and analysis_dir is not None else None
+        )
         if self.analysis is not None:
             self.analysis.arm()  # the first step may be a scheduled one
         self.engine = SignalEngine(config)
@@ -204,11 +220,21 @@ class StepLogger:
         self.mirror = None
         if url:
             sess = session or os.environ.get("TRAINSPECT_SESSION") or "default"
-            self.mirror = MirrorSink(url, run=self.run, session=sess, token=token or os.environ.get("TRAINSPECT_MIRROR_TOKEN"))
+            self.mirror = MirrorSink(
+                url, run=self.run, session=sess, token=token or os.environ.get("TRAINSPECT_MIRROR_TOKEN")
+            )
 
-    def step(self, step: int, loss: float | torch.Tensor, optimizer: torch.optim.Optimizer | None = None, *,
-             epoch: float | None = None, learning_rate: float | None = None,
-             attentions: Sequence[torch.Tensor] | None = None, **extra: float) -> list[Signal]:
+    def step(
+        self,
+        step: int,
+        loss: float | torch.Tensor,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        epoch: float | None = None,
+        learning_rate: float | None = None,
+        attentions: Sequence[torch.Tensor] | None = None,
+        **extra: float,
+    ) -> list[Signal]:
         """Call after backward() and before optimizer.step() (the gradients are read here). `attentions`
         (e.g. a Hugging Face model's outputs.attentions) feed attention entropy in analysis checkpoints."""
         if learning_rate is None and optimizer is not None:
@@ -217,8 +243,15 @@ class StepLogger:
         pending = self.meter.on_device(*([loss] if is_tensor else [])) if self.meter is not None else None
         grads, riders = self.meter.to_host(pending) if self.meter is not None else (None, [])
         loss_value = riders[0] if riders else float(loss.detach()) if is_tensor else float(loss)  # type: ignore[union-attr]
-        snap = StepSnapshot(step=step, loss=loss_value, learning_rate=learning_rate, epoch=epoch,
-                            max_grad=grads.max if grads else None, grad_norms=grads.modules if grads else None, **extra)
+        snap = StepSnapshot(
+            step=step,
+            loss=loss_value,
+            learning_rate=learning_rate,
+            epoch=epoch,
+            max_grad=grads.max if grads else None,
+            grad_norms=grads.modules if grads else None,
+            **extra,
+        )
         signals = self.record(snap)
         if self.analysis is not None:
             self.analysis.record(step, loss_value, grads.params if grads else None, attentions=attentions)
@@ -232,8 +265,12 @@ class StepLogger:
         if self.engine.last_step is not None and snap.step <= self.engine.last_step:
             self.skipped += 1
             if self.skipped == 1:
-                log.warning("trainspect: step %d is not after step %d, not logged (steps must increase; "
-                            "StepLogger.skipped counts these)", snap.step, self.engine.last_step)
+                log.warning(
+                    "trainspect: step %d is not after step %d, not logged (steps must increase; "
+                    "StepLogger.skipped counts these)",
+                    snap.step,
+                    self.engine.last_step,
+                )
             return []
         signals = self.engine.observe(snap)
         snap.dead_layers = self.engine.dead_layers() or None
@@ -245,7 +282,9 @@ class StepLogger:
         if self.mirror is not None:
             self.mirror.send(WATCH_EVENTS.type("step"), "snapshot", snap.wire, droppable=True)
             for s in signals:
-                self.mirror.send(WATCH_EVENTS.type("signal"), "signal", partial(s.model_dump, mode="json"), droppable=False)
+                self.mirror.send(
+                    WATCH_EVENTS.type("signal"), "signal", partial(s.model_dump, mode="json"), droppable=False
+                )
         return signals
 
     def close(self) -> None:
@@ -253,11 +292,13 @@ class StepLogger:
             self.file.close()
             self.file = None
         if self.mirror is not None:
-            self.mirror.send(WATCH_EVENTS.type("summary"), "summary", partial(self.summary.model_dump, mode="json"), droppable=False)
+            self.mirror.send(
+                WATCH_EVENTS.type("summary"), "summary", partial(self.summary.model_dump, mode="json"), droppable=False
+            )
             self.mirror.close()
             self.mirror = None
 
-    def __enter__(self) -> "StepLogger":
+    def __enter__(self) -> StepLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,6 +21,7 @@ Decisions on the edges the design leaves open (tests pin each one):
   named when the cooldown ends.
 - The spike detector waits for a full window of `spike_window` previous maxGrad values.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,9 @@ class EngineConfig(BaseModel):
     )
     cooldown_steps: int = Field(30, ge=0, description="steps before the same signal type may fire again")
     diverge_window: int = Field(10, ge=2, description="consecutive non-decreasing losses that make a divergence")
-    diverge_critical_rise: float = Field(0.5, description="loss rise over that window above which divergence is critical")
+    diverge_critical_rise: float = Field(
+        0.5, description="loss rise over that window above which divergence is critical"
+    )
     spike_window: int = Field(20, ge=1, description="previous maxGrad values averaged as the spike baseline")
     spike_ratio: float = Field(5.0, gt=0, description="maxGrad / baseline above which a spike warns")
     spike_critical_ratio: float = Field(20.0, gt=0, description="maxGrad / baseline above which a spike is critical")
@@ -145,8 +148,18 @@ class SignalEngine:
         if not finite:
             self._prev_loss, self._rising = None, 0
             if self._ready("loss_nonfinite", step):
-                fired.append(self._fire("loss_nonfinite", "critical", step, "loss", None, None, [],
-                                        f"loss is {loss} at step {step}: the run has numerically blown up"))
+                fired.append(
+                    self._fire(
+                        "loss_nonfinite",
+                        "critical",
+                        step,
+                        "loss",
+                        None,
+                        None,
+                        [],
+                        f"loss is {loss} at step {step}: the run has numerically blown up",
+                    )
+                )
         else:
             self._rising = self._rising + 1 if self._prev_loss is not None and loss >= self._prev_loss else 1
             self._prev_loss = loss
@@ -175,22 +188,47 @@ class SignalEngine:
         last = self._last_fired.get(kind)
         return last is None or step - last >= self.config.cooldown_steps
 
-    def _fire(self, kind: str, severity: str, step: int, metric: str, value: float | None, threshold: float | None,
-              layers: list[str], message: str) -> Signal:
+    def _fire(
+        self,
+        kind: str,
+        severity: str,
+        step: int,
+        metric: str,
+        value: float | None,
+        threshold: float | None,
+        layers: list[str],
+        message: str,
+    ) -> Signal:
         self._last_fired[kind] = step
-        return Signal(type=kind, severity=severity, step=step, metric=metric, value=value,  # type: ignore[arg-type]
-                      threshold=threshold, layers=layers, message=message)
+        return Signal(
+            type=kind,
+            severity=severity,
+            step=step,
+            metric=metric,
+            value=value,  # type: ignore[arg-type]
+            threshold=threshold,
+            layers=layers,
+            message=message,
+        )
 
     def _check_diverging(self, step: int, loss: float, fired: list[Signal]) -> None:
         cfg = self.config
         rise = loss - self._recent.values[0]
         if rise > 0 and self._ready("loss_diverging", step):
             critical = rise > cfg.diverge_critical_rise
-            fired.append(self._fire(
-                "loss_diverging", "critical" if critical else "warn", step, "loss_rise", rise,
-                cfg.diverge_critical_rise if critical else 0.0, [],
-                f"loss rose {rise:.4g} over the last {cfg.diverge_window} logged steps without falling once "
-                f"(now {loss:.4g}); the run may be diverging"))
+            fired.append(
+                self._fire(
+                    "loss_diverging",
+                    "critical" if critical else "warn",
+                    step,
+                    "loss_rise",
+                    rise,
+                    cfg.diverge_critical_rise if critical else 0.0,
+                    [],
+                    f"loss rose {rise:.4g} over the last {cfg.diverge_window} logged steps without falling once "
+                    f"(now {loss:.4g}); the run may be diverging",
+                )
+            )
 
     def _check_spike(self, step: int, max_grad: float, fired: list[Signal]) -> None:
         cfg = self.config
@@ -199,10 +237,19 @@ class SignalEngine:
         if ratio > cfg.spike_ratio and max_grad > cfg.spike_min_grad and self._ready("gradient_spike", step):
             critical = ratio > cfg.spike_critical_ratio
             limit = cfg.spike_critical_ratio if critical else cfg.spike_ratio
-            fired.append(self._fire(
-                "gradient_spike", "critical" if critical else "warn", step, "maxGrad", max_grad, limit * base, [],
-                f"max grad norm {max_grad:.4g} is {ratio:.3g}× the mean of the previous {cfg.spike_window} "
-                f"logged values ({base:.4g})"))
+            fired.append(
+                self._fire(
+                    "gradient_spike",
+                    "critical" if critical else "warn",
+                    step,
+                    "maxGrad",
+                    max_grad,
+                    limit * base,
+                    [],
+                    f"max grad norm {max_grad:.4g} is {ratio:.3g}× the mean of the previous {cfg.spike_window} "
+                    f"logged values ({base:.4g})",
+                )
+            )
 
     def _update_streaks(self, norms: dict[str, float]) -> None:
         thr = self.config.dead_grad_norm
@@ -219,7 +266,9 @@ class SignalEngine:
             streaks = self.attn_streaks if attn else self.layer_streaks
             streaks[name] = streaks.get(name, 0) + 1
 
-    def _check_dead(self, kind: str, streaks: dict[str, int], step: int, snap: StepSnapshot, fired: list[Signal]) -> None:
+    def _check_dead(
+        self, kind: str, streaks: dict[str, int], step: int, snap: StepSnapshot, fired: list[Signal]
+    ) -> None:
         cfg = self.config
         if not self._ready(kind, step):
             return
@@ -231,10 +280,19 @@ class SignalEngine:
         what = "attention layer" if kind == "attention_head_dead" else "layer"
         shown = ", ".join(f"{name} ({streaks[name]} steps)" for name in dead[:8])
         more = f" and {len(dead) - 8} more" if len(dead) > 8 else ""
-        fired.append(self._fire(
-            kind, "warn", step, "gradNorm", value, cfg.dead_grad_norm, dead,
-            f"{len(dead)} {what}{'s' if len(dead) > 1 else ''} with grad norm below {cfg.dead_grad_norm:g} for "
-            f"{cfg.dead_streak}+ consecutive logged steps: {shown}{more}"))
+        fired.append(
+            self._fire(
+                kind,
+                "warn",
+                step,
+                "gradNorm",
+                value,
+                cfg.dead_grad_norm,
+                dead,
+                f"{len(dead)} {what}{'s' if len(dead) > 1 else ''} with grad norm below {cfg.dead_grad_norm:g} for "
+                f"{cfg.dead_streak}+ consecutive logged steps: {shown}{more}",
+            )
+        )
 
     def _check_plateau(self, step: int, epoch: float | None, fired: list[Signal]) -> None:
         cfg = self.config
@@ -248,18 +306,29 @@ class SignalEngine:
         if var < cfg.plateau_ratio * mean * mean or var == 0.0:
             ratio = var / (mean * mean) if mean else 0.0
             at = f"epoch {epoch:.4g}" if epoch is not None else "an unknown epoch"
-            fired.append(self._fire(
-                "loss_plateau", "info", step, "loss_variance_ratio", ratio, cfg.plateau_ratio, [],
-                f"loss has plateaued at {at}: variance over the last {cfg.plateau_window} logged steps is "
-                f"{ratio:.2e} of mean² (mean {mean:.4g}, {window.values[0]:.4g} → {window.values[-1]:.4g} across "
-                f"them); healthy convergence or a stalled run"))
+            fired.append(
+                self._fire(
+                    "loss_plateau",
+                    "info",
+                    step,
+                    "loss_variance_ratio",
+                    ratio,
+                    cfg.plateau_ratio,
+                    [],
+                    f"loss has plateaued at {at}: variance over the last {cfg.plateau_window} logged steps is "
+                    f"{ratio:.2e} of mean² (mean {mean:.4g}, {window.values[0]:.4g} → {window.values[-1]:.4g} across "
+                    f"them); healthy convergence or a stalled run",
+                )
+            )
 
     def dead_layers(self) -> list[str]:
         """Layers (attention or not) currently at or past the dead streak."""
         if not (self.attn_streaks or self.layer_streaks):
             return []  # the healthy common case, once per logged step
         n = self.config.dead_streak
-        return sorted(name for streaks in (self.attn_streaks, self.layer_streaks) for name, c in streaks.items() if c >= n)
+        return sorted(
+            name for streaks in (self.attn_streaks, self.layer_streaks) for name, c in streaks.items() if c >= n
+        )
 
     # ----- persistence -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -277,7 +346,7 @@ class SignalEngine:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "SignalEngine":
+    def from_state(cls, state: dict[str, Any]) -> SignalEngine:
         engine = cls(EngineConfig.model_validate(state["config"]))
         cfg = engine.config
         engine.last_step = state["last_step"]

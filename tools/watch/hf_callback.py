@@ -8,6 +8,7 @@ Trainer logs as `grad_norm`: maxGrad and the per-module norms are pre-clip, as a
 A snapshot is written per logged step — use `logging_steps=1` for per-step signals; with a larger
 interval the loss is the Trainer's interval mean and the grad norms those of the interval's last step.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,26 +24,43 @@ from tools.watch.snapshot import ALIAS_KEYS, StepSnapshot
 
 
 class TrainspectCallback(TrainerCallback):
-    def __init__(self, path: str | Path | None = None, *, url: str | None = None, run: str | None = None,
-                 session: str | None = None, token: str | None = None, config: EngineConfig | None = None,
-                 append: bool = False) -> None:
-        self._options: dict[str, Any] = dict(path=path, url=url, run=run, session=session, token=token,
-                                             config=config, append=append)
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        url: str | None = None,
+        run: str | None = None,
+        session: str | None = None,
+        token: str | None = None,
+        config: EngineConfig | None = None,
+        append: bool = False,
+    ) -> None:
+        self._options: dict[str, Any] = dict(
+            path=path, url=url, run=run, session=session, token=token, config=config, append=append
+        )
         self.logger: StepLogger | None = None
         self._norms: torch.Tensor | None = None  # per-parameter norms of the last optimizer step, on its device
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       model: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
         if state.is_world_process_zero and self.logger is None:
             self.logger = StepLogger(model, **self._options)
 
-    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                              **kwargs: Any) -> None:
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.logger is not None and self.logger.meter is not None:
             self._norms = self.logger.meter.on_device()
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self.logger is None or not logs or "loss" not in logs:
             return  # eval and end-of-training logs carry no training loss
         meter = self.logger.meter
@@ -58,10 +76,21 @@ class TrainspectCallback(TrainerCallback):
         extra = {k: v for k, v in logs.items() if k not in ALIAS_KEYS and isinstance(v, (int, float))}
         if isinstance(pre_clip, (int, float)):
             extra["grad_norm_total"] = pre_clip
-        self.logger.record(StepSnapshot(step=state.global_step, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                                        max_grad=max_grad, grad_norms=norms, epoch=logs.get("epoch", state.epoch), **extra))
+        self.logger.record(
+            StepSnapshot(
+                step=state.global_step,
+                loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"),
+                max_grad=max_grad,
+                grad_norms=norms,
+                epoch=logs.get("epoch", state.epoch),
+                **extra,
+            )
+        )
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.logger is not None:
             self.logger.close()
             self.logger = None

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from toolserver.contract import Severity
 from tools.watch.engine import EngineConfig
 from tools.watch.readers import Format
 from tools.watch.snapshot import Signal, SignalType
 from tools.watch.watcher import SERIES_POINTS, RunSummary
+from toolserver.contract import Severity
 
 
 class WatchInput(EngineConfig):
-    metrics: str = Field(description="path to the run's step events: a .jsonl file, a trainer_state.json or a Lightning metrics.csv")
-    follow: bool = Field(False, description="keep reading as the file grows (stop with Ctrl-C, or after idle_timeout_s without new data)")
-    idle_timeout_s: float = Field(300.0, ge=0, description="in follow mode, stop after this many seconds without new data (0: never)")
-    since_last: bool = Field(False, description="continue from where the previous watch call on this file stopped: only new signals are returned")
+    metrics: str = Field(
+        description="path to the run's step events: a .jsonl file, a trainer_state.json or a Lightning metrics.csv"
+    )
+    follow: bool = Field(
+        False, description="keep reading as the file grows (stop with Ctrl-C, or after idle_timeout_s without new data)"
+    )
+    idle_timeout_s: float = Field(
+        300.0, ge=0, description="in follow mode, stop after this many seconds without new data (0: never)"
+    )
+    since_last: bool = Field(
+        False,
+        description="continue from where the previous watch call on this file stopped: only new signals are returned",
+    )
     run: str | None = Field(None, description="name for this run on the web card (default: the file's folder and name)")
-    max_signals: int = Field(50, ge=1, le=1000, description="signals listed in the result: each type's worst first, then the rest most severe first (counts cover all)")
+    max_signals: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        description="signals listed in the result: each type's worst first, then the rest most severe first (counts "
+        "cover all)",
+    )
 
 
 class Series(BaseModel):
@@ -43,12 +58,18 @@ class WatchResult(BaseModel):
     since_last: bool = Field(description="true when this result covers only data new since the previous call")
     new_steps: int = Field(description="steps read by this call")
     summary: RunSummary = Field(description="cumulative over the whole run read so far")
-    signals: list[Signal] = Field(description="signals fired during this call, most severe first (capped by max_signals; "
-                                              "every type that fired is represented)")
+    signals: list[Signal] = Field(
+        description="signals fired during this call, most severe first (capped by max_signals; "
+        "every type that fired is represented)"
+    )
     signals_total: int = Field(description="signals fired during this call")
-    groups: list[SignalGroup] = Field(description="signals fired during this call per type: worst severity first, ties in priority order")
+    groups: list[SignalGroup] = Field(
+        description="signals fired during this call per type: worst severity first, ties in priority order"
+    )
     notes: list[str] = Field(default_factory=list)
-    series: Series = Field(description=f"downsampled to at most {SERIES_POINTS} points: last step, mean loss, max maxGrad per bucket")
+    series: Series = Field(
+        description=f"downsampled to at most {SERIES_POINTS} points: last step, mean loss, max maxGrad per bucket"
+    )
 
 
 class WatchCard(BaseModel):

@@ -7,6 +7,7 @@ Rows that carry no training loss (eval rows, end-of-run summaries, other metrics
 skipped, not errors. A row that claims to be a step but cannot be read (invalid JSON, a loss that is
 not a number, a fractional step) is a bad line, reported with its line number and skipped.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from toolserver.contract import ToolError
 from tools.watch.snapshot import LOSS_KEYS, StepSnapshot
+from toolserver.contract import ToolError
 
 Format = Literal["jsonl", "trainer_state", "csv"]
 CHUNK = 8 << 20
@@ -168,7 +169,7 @@ class TableReader:
             return ReadBatch()  # mid-write: try again on the next change
         self._stamp = stamp
         batch = ReadBatch()
-        for line, row in rows[self.consumed:]:
+        for line, row in rows[self.consumed :]:
             parse_row(row, line, batch)
         self.consumed = max(self.consumed, len(rows))
         return batch

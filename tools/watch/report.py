@@ -6,9 +6,9 @@ import math
 import time
 from pathlib import Path
 
-from toolserver.contract import SEVERITY_RANK, Finding, FollowUp
 from tools.watch.models import SignalGroup, WatchCard, WatchInput, WatchResult
 from tools.watch.snapshot import SIGNAL_TYPES, Signal
+from toolserver.contract import SEVERITY_RANK, Finding, FollowUp
 
 SLIM_SIGNALS = 100
 TABLE_ROWS_PER_TYPE = 3  # a lasting condition re-fires every cooldown: the table shows a few, then a count
@@ -63,20 +63,39 @@ def findings(result: WatchResult, fired: list[Signal]) -> list[Finding]:
     for s in fired:
         if s.type not in worst or _worse(s, worst[s.type]):
             worst[s.type] = s
-    out = [Finding(severity=g.severity, text=f"{g.type} ×{g.count} ({_steps(g)}): {worst[g.type].message} "
-                                             f"[step {worst[g.type].step}]") for g in result.groups]
+    out = [
+        Finding(
+            severity=g.severity,
+            text=f"{g.type} ×{g.count} ({_steps(g)}): {worst[g.type].message} [step {worst[g.type].step}]",
+        )
+        for g in result.groups
+    ]
     s = result.summary
     if not result.signals_total and s.steps_seen:
-        loss = f"loss {s.loss_first:.4g} → {s.loss_last:.4g}" if s.loss_first is not None and s.loss_last is not None else "no finite loss"
-        out.append(Finding(text=f"no signals over {result.new_steps} steps ({loss}, steps {s.first_step}–{s.last_step})"))
+        loss = (
+            f"loss {s.loss_first:.4g} → {s.loss_last:.4g}"
+            if s.loss_first is not None and s.loss_last is not None
+            else "no finite loss"
+        )
+        out.append(
+            Finding(text=f"no signals over {result.new_steps} steps ({loss}, steps {s.first_step}–{s.last_step})")
+        )
     if s.steps_seen and not s.layers_reported:
-        out.append(Finding(text="the log has no per-layer gradNorms: dead-layer and attention-head detectors could not run"))
+        out.append(
+            Finding(text="the log has no per-layer gradNorms: dead-layer and attention-head detectors could not run")
+        )
     if s.bad_lines:
         b = s.bad_line_examples[0]
-        out.append(Finding(severity="warn", text=f"{s.bad_lines} unreadable lines skipped (first: line {b.line}: {b.error})"))
+        out.append(
+            Finding(severity="warn", text=f"{s.bad_lines} unreadable lines skipped (first: line {b.line}: {b.error})")
+        )
     if s.out_of_order:
-        out.append(Finding(text=f"{s.out_of_order} rows whose step did not increase were skipped (first at line "
-                                f"{s.out_of_order_lines[0]}): two processes writing one log, or a resumed run"))
+        out.append(
+            Finding(
+                text=f"{s.out_of_order} rows whose step did not increase were skipped (first at line "
+                f"{s.out_of_order_lines[0]}): two processes writing one log, or a resumed run"
+            )
+        )
     return out
 
 
@@ -84,12 +103,19 @@ def follow_ups(path: Path, args: WatchInput) -> list[FollowUp]:
     live = args.follow or args.since_last or time.time() - path.stat().st_mtime < 600
     if not live:
         return []
-    return [FollowUp(tool="watch", args={"metrics": str(path), "since_last": True},
-                     why="the run may still be writing: ask again for only the signals new since this call")]
+    return [
+        FollowUp(
+            tool="watch",
+            args={"metrics": str(path), "since_last": True},
+            why="the run may still be writing: ask again for only the signals new since this call",
+        )
+    ]
 
 
 def slim(result: WatchResult) -> WatchCard:
-    return WatchCard(run=result.run, series=result.series, signals=result.signals[:SLIM_SIGNALS], summary=result.summary)
+    return WatchCard(
+        run=result.run, series=result.series, signals=result.signals[:SLIM_SIGNALS], summary=result.summary
+    )
 
 
 def _num(x: float | None) -> str:
@@ -106,25 +132,40 @@ def table(result: WatchResult) -> str:
             listed.setdefault(sig.type, []).append(sig)
         for g in result.groups:
             rows = listed.get(g.type, [])[:TABLE_ROWS_PER_TYPE]
-            lines += [f"{sig.severity:<9}{sig.step:>8}  {sig.type:<20}{_num(sig.value):>10}  {sig.message}" for sig in rows]
+            lines += [
+                f"{sig.severity:<9}{sig.step:>8}  {sig.type:<20}{_num(sig.value):>10}  {sig.message}" for sig in rows
+            ]
             if g.count > len(rows):
-                lines.append(f"{'':19}… {g.type} ×{g.count - len(rows)} more, {_steps(g)} (--output json lists up to --max-signals)")
+                lines.append(
+                    f"{'':19}… {g.type} ×{g.count - len(rows)} more, {_steps(g)} (--output json lists up to "
+                    f"--max-signals)"
+                )
     else:
         lines.append("no signals" + (" since the last call" if result.since_last else ""))
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(s.signals_by_severity.items(), key=lambda kv: SEVERITY_RANK[kv[0]]))
+    counts = ", ".join(
+        f"{k} {v}" for k, v in sorted(s.signals_by_severity.items(), key=lambda kv: SEVERITY_RANK[kv[0]])
+    )
     lines += [
         "",
         f"steps      {s.steps_seen} ({s.first_step}–{s.last_step}); this call {result.new_steps}",
         f"loss       first {_num(s.loss_first)}  last {_num(s.loss_last)}  min {_num(s.loss_min)}"
         + (f"  non-finite {s.nonfinite_losses}" if s.nonfinite_losses else ""),
-        f"maxGrad    max {_num(s.max_grad_max)} at step {s.max_grad_max_step}" if s.max_grad_max is not None
+        f"maxGrad    max {_num(s.max_grad_max)} at step {s.max_grad_max_step}"
+        if s.max_grad_max is not None
         else "maxGrad    none logged (spike detector idle)",
-        f"layers     {s.layers_reported} per step" if s.layers_reported else "layers     none reported (dead-layer detectors idle)",
+        f"layers     {s.layers_reported} per step"
+        if s.layers_reported
+        else "layers     none reported (dead-layer detectors idle)",
         f"signals    {counts or 'none'}",
     ]
     if s.bad_lines:
-        lines.append(f"bad lines  {s.bad_lines}: " + "; ".join(f"line {b.line}: {b.error}" for b in s.bad_line_examples[:3]))
+        lines.append(
+            f"bad lines  {s.bad_lines}: " + "; ".join(f"line {b.line}: {b.error}" for b in s.bad_line_examples[:3])
+        )
     if s.skipped_rows or s.out_of_order:
-        lines.append(f"skipped    {s.skipped_rows} rows without a training loss, {s.out_of_order} rows with a non-increasing step")
+        lines.append(
+            f"skipped    {s.skipped_rows} rows without a training loss, {s.out_of_order} rows with a non-increasing "
+            f"step"
+        )
     lines += [f"note       {n}" for n in result.notes]
     return "\n".join(lines)

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 from session.context import ToolContext
-from toolserver.contract import Outcome, Reporter, ToolError
 from tools.watch.engine import EngineConfig
 from tools.watch.models import Series, WatchInput, WatchResult
 from tools.watch.readers import FORMAT_HINT, detect_format
 from tools.watch.report import findings, follow_ups, group, pick
 from tools.watch.snapshot import WATCH_EVENTS, Signal, StepSnapshot, severity_key
 from tools.watch.watcher import RunSummary, RunWatcher, default_run_name, load_state, save_state
+from toolserver.contract import Outcome, Reporter, ToolError
 
 POLL_S = 0.2
 LIVE_SIGNAL_CAP = 200  # live signal events per replay; the result holds the rest
@@ -42,8 +42,11 @@ class LiveOutput:
                 self.reporter.emit(WATCH_EVENTS.type("step"), {"run": self.run, "snapshot": snap.wire()})
         for s in signals:
             if self.follow or self.signals_sent < LIVE_SIGNAL_CAP:
-                self.reporter.emit(WATCH_EVENTS.type("signal"), {"run": self.run, "signal": s.model_dump(mode="json")},
-                                   text=signal_line(self.run, s) if self.follow else None)
+                self.reporter.emit(
+                    WATCH_EVENTS.type("signal"),
+                    {"run": self.run, "signal": s.model_dump(mode="json")},
+                    text=signal_line(self.run, s) if self.follow else None,
+                )
             self.signals_sent += 1
 
 
@@ -72,8 +75,11 @@ def _replay(watcher: RunWatcher, live: LiveOutput, reporter: Reporter, final: bo
         n, signals = watcher.poll(final=final, on_step=live.on_step)
         steps += n
         fired.extend(signals)
-        reporter.progress(watcher.progress(), f"step {watcher.summary.last_step}: {watcher.summary.steps_seen} steps, "
-                                              f"{sum(watcher.summary.signals_by_type.values())} signals")
+        reporter.progress(
+            watcher.progress(),
+            f"step {watcher.summary.last_step}: {watcher.summary.steps_seen} steps, "
+            f"{sum(watcher.summary.signals_by_type.values())} signals",
+        )
         if not watcher.pending():
             return steps, fired
 
@@ -103,10 +109,16 @@ def run(ctx: ToolContext, args: WatchInput, reporter: Reporter) -> Outcome[Watch
     config = EngineConfig.model_validate(args.model_dump(include=set(EngineConfig.model_fields)))
     run_name = args.run or default_run_name(path)
     if args.follow:
-        reporter.emit(WATCH_EVENTS.type("follow"), {"run": run_name, "metrics": str(path.resolve())},
-                      text=f"following {path} (Ctrl-C to stop)")
+        reporter.emit(
+            WATCH_EVENTS.type("follow"),
+            {"run": run_name, "metrics": str(path.resolve())},
+            text=f"following {path} (Ctrl-C to stop)",
+        )
         if not _wait_for_file(path, args):
-            raise ToolError(f"{path} did not appear within {args.idle_timeout_s:g} s", "start the training script, or raise --idle-timeout-s")
+            raise ToolError(
+                f"{path} did not appear within {args.idle_timeout_s:g} s",
+                "start the training script, or raise --idle-timeout-s",
+            )
     elif not path.is_file():
         raise ToolError(f"no metrics file at {path}", FORMAT_HINT)
     watcher, resumed, notes = _open(path, args, config)
@@ -121,9 +133,17 @@ def run(ctx: ToolContext, args: WatchInput, reporter: Reporter) -> Outcome[Watch
     save_state(watcher)
     fired.sort(key=severity_key)
     result = WatchResult(
-        run=run_name, metrics=str(path.resolve()), format=watcher.format, since_last=resumed, new_steps=steps,
-        summary=summary, signals=pick(fired, args.max_signals), signals_total=len(fired), groups=group(fired),
-        notes=notes, series=Series(**watcher.sampler.series()),
+        run=run_name,
+        metrics=str(path.resolve()),
+        format=watcher.format,
+        since_last=resumed,
+        new_steps=steps,
+        summary=summary,
+        signals=pick(fired, args.max_signals),
+        signals_total=len(fired),
+        groups=group(fired),
+        notes=notes,
+        series=Series(**watcher.sampler.series()),
     )
     reporter.emit(WATCH_EVENTS.type("summary"), {"run": run_name, "summary": summary.model_dump(mode="json")})
     return Outcome(result, findings(result, fired), follow_ups(path, args))

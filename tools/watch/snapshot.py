@@ -5,6 +5,7 @@ Field names on the wire are the design's (`step`, `loss`, `learning_rate`, `maxG
 trainers write (`lr`, `grad_norm`, `current_steps`, `train/loss`, snake_case aliases) and keep every
 unknown key, so nothing a training script logged is lost on a round trip.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -30,7 +31,9 @@ class StepSnapshot(BaseModel):
     # JSONL keeps NaN/Infinity as the tokens real trainers write (and every reader here accepts)
     model_config = ConfigDict(extra="allow", populate_by_name=True, ser_json_inf_nan="constants")
 
-    step: int = Field(validation_alias=AliasChoices("step", "current_steps", "global_step", "train/global_step", "_step"))
+    step: int = Field(
+        validation_alias=AliasChoices("step", "current_steps", "global_step", "train/global_step", "_step")
+    )
     loss: float = Field(validation_alias=AliasChoices("loss", "train/loss", "train_loss_step", "train_loss"))
     learning_rate: float | None = Field(
         None, validation_alias=AliasChoices("learning_rate", "lr", "train/learning_rate", "learningRate")

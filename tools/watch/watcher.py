@@ -5,22 +5,22 @@ engine, keeps a cumulative summary and a bounded downsampled series, and can be 
 from a small JSON state under $TRAINSPECT_HOME/watch/ so a later call (CLI or MCP, any process) picks
 up exactly where the last one stopped.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from toolserver.contract import atomic_write, home
 from tools.watch.engine import EngineConfig, SignalEngine
 from tools.watch.readers import BadLine, Format, ReadBatch, open_reader
 from tools.watch.snapshot import Signal, StepSnapshot
+from toolserver.contract import atomic_write, home
 
 STATE_VERSION = 1
 LIST_CAP = 20  # bad lines / out-of-order examples kept in the summary
@@ -120,7 +120,7 @@ class SeriesSampler:
 
     def _halve(self) -> None:
         def pairs(xs: list[Any]) -> list[tuple[Any, ...]]:
-            return [tuple(xs[i:i + 2]) for i in range(0, len(xs), 2)]
+            return [tuple(xs[i : i + 2]) for i in range(0, len(xs), 2)]
 
         self.steps = [p[-1] for p in pairs(self.steps)]
         self.loss_sum = [sum(p) for p in pairs(self.loss_sum)]
@@ -132,13 +132,19 @@ class SeriesSampler:
     def series(self) -> dict[str, list[Any]]:
         return {
             "step": list(self.steps),
-            "loss": [s / n if n else None for s, n in zip(self.loss_sum, self.loss_n)],
+            "loss": [s / n if n else None for s, n in zip(self.loss_sum, self.loss_n, strict=True)],
             "maxGrad": list(self.grads),
         }
 
     def state(self) -> dict[str, list[Any]]:
-        return {"steps": self.steps, "loss_sum": self.loss_sum, "loss_n": self.loss_n, "grads": self.grads,
-                "counts": self.counts, "width": [self.width]}
+        return {
+            "steps": self.steps,
+            "loss_sum": self.loss_sum,
+            "loss_n": self.loss_n,
+            "grads": self.grads,
+            "counts": self.counts,
+            "width": [self.width],
+        }
 
 
 def default_run_name(path: Path) -> str:
@@ -167,7 +173,9 @@ class RunWatcher:
             self.sampler = SeriesSampler()
             self.reader = open_reader(path, fmt)
 
-    def poll(self, *, final: bool, on_step: Callable[[StepSnapshot, list[Signal]], None] | None = None) -> tuple[int, list[Signal]]:
+    def poll(
+        self, *, final: bool, on_step: Callable[[StepSnapshot, list[Signal]], None] | None = None
+    ) -> tuple[int, list[Signal]]:
         """Read one batch; returns (steps processed, signals fired)."""
         batch = self.reader.read(final=final)
         self.summary.add_batch_issues(batch)

@@ -3,6 +3,7 @@
 For each tensor: read the base tensor and the checkpoint tensor (both file-backed), form ΔW in float32
 (in row chunks when large), measure it, drop it. LoRA pairs are measured from their factors.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,10 +16,10 @@ import torch
 
 from session.checkpoint_lora import LoraPair
 from session.checkpoints import Alignment, CheckpointReader
-from toolserver.contract import Reporter
 from tools.weight_diff.layout import MATRIX_ORDER, Part, place
 from tools.weight_diff.models import MatrixRow, TensorRow, TopChange, Totals
 from tools.weight_diff.spectral import Spectrum, dense_spectrum, lowrank_spectrum
+from toolserver.contract import Reporter
 
 CHUNK_ELEMENTS = 1 << 24  # ΔW is formed at most 16M float32 values (64 MB) at a time
 PREFETCH_BYTES = 256 << 20  # how far ahead of the computation the disk reads (page cache, not process memory)
@@ -64,8 +65,12 @@ class Workspace:
             return math.sqrt(sum_squares(t))
         rows = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)
         step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
-        return math.sqrt(sum(sum_squares(self._buffer("old", rows[s:s + step].shape).copy_(rows[s:s + step]))
-                             for s in range(0, rows.shape[0], step)))
+        return math.sqrt(
+            sum(
+                sum_squares(self._buffer("old", rows[s : s + step].shape).copy_(rows[s : s + step]))
+                for s in range(0, rows.shape[0], step)
+            )
+        )
 
 
 class DeltaOperator:
@@ -77,11 +82,16 @@ class DeltaOperator:
     Valid until the workspace is used for the next tensor.
     """
 
-    def __init__(self, old: torch.Tensor, new: torch.Tensor, cols: tuple[int, int] | None = None,
-                 workspace: Workspace | None = None) -> None:
+    def __init__(
+        self,
+        old: torch.Tensor,
+        new: torch.Tensor,
+        cols: tuple[int, int] | None = None,
+        workspace: Workspace | None = None,
+    ) -> None:
         old, new = old.reshape(old.shape[0], -1), new.reshape(new.shape[0], -1)
         if cols is not None:
-            old, new = old[:, cols[0]:cols[1]], new[:, cols[0]:cols[1]]
+            old, new = old[:, cols[0] : cols[1]], new[:, cols[0] : cols[1]]
         self.old, self.new = old, new
         self.work = workspace or Workspace()
         self.full_shape = (old.shape[0], old.shape[1])
@@ -115,7 +125,7 @@ class DeltaOperator:
 
     def rmm(self, y: torch.Tensor) -> torch.Tensor:
         # (yᵀ d)ᵀ rather than dᵀ y: the latter hits a slow path for thin y in some BLAS builds
-        return sum(((y[s:s + d.shape[0]].T @ d).T for s, d in self.chunks()), torch.zeros(self.shape[1], y.shape[1]))
+        return sum(((y[s : s + d.shape[0]].T @ d).T for s, d in self.chunks()), torch.zeros(self.shape[1], y.shape[1]))
 
 
 @dataclass
@@ -155,8 +165,9 @@ def _measure_dense(key: str, old: torch.Tensor, new: torch.Tensor, work: Workspa
     for part in placement.parts or (Part("other"),):
         op = DeltaOperator(old, new, part.cols, work)
         matrix = part.matrix if placement.section == "layer" else None
-        out.append(Measured(key, placement.section, placement.layer, matrix, op.full_shape, op.fro, op.base_fro,
-                            _spectrum(op)))
+        out.append(
+            Measured(key, placement.section, placement.layer, matrix, op.full_shape, op.fro, op.base_fro, _spectrum(op))
+        )
     return out
 
 
@@ -171,11 +182,26 @@ def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor, work: Workspace) 
     left, right = pair.left(), pair.right()
     out = []
     for part in placement.parts or (Part("other"),):
-        r, w = (right, old) if part.cols is None else (right[:, part.cols[0]:part.cols[1]], old[:, part.cols[0]:part.cols[1]])
+        r, w = (
+            (right, old)
+            if part.cols is None
+            else (right[:, part.cols[0] : part.cols[1]], old[:, part.cols[0] : part.cols[1]])
+        )
         spectrum = lowrank_spectrum(left, r, pair.scale)
         matrix = part.matrix if placement.section == "layer" else None
-        out.append(Measured(key, placement.section, placement.layer, matrix, (w.shape[0], w.shape[1]), spectrum.fro,
-                            work.norm(w), spectrum, lora_rank=pair.rank))
+        out.append(
+            Measured(
+                key,
+                placement.section,
+                placement.layer,
+                matrix,
+                (w.shape[0], w.shape[1]),
+                spectrum.fro,
+                work.norm(w),
+                spectrum,
+                lora_rank=pair.rank,
+            )
+        )
     return out
 
 
@@ -186,7 +212,7 @@ def _touch(t: torch.Tensor) -> None:
         return
     raw = t.reshape(-1).view(torch.uint8)
     for s in range(0, raw.numel(), 1 << 24):
-        raw[s:s + (1 << 24):_PAGE].sum()
+        raw[s : s + (1 << 24) : _PAGE].sum()
 
 
 class Reader:
@@ -271,10 +297,19 @@ def _collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment,
 
 def matrix_rows(collected: Collected) -> list[MatrixRow]:
     rows = [
-        MatrixRow(layer=m.layer, matrix=m.matrix, keys=[m.key], shape=list(m.shape), fro_delta=m.fro,
-                  rel_delta=m.rel, stable_rank=m.spectrum.stable_rank, sigma_max=m.spectrum.sigma_max,
-                  lora_rank=m.lora_rank)
-        for m in collected.measured if m.section == "layer" and m.spectrum is not None and m.layer is not None and m.matrix
+        MatrixRow(
+            layer=m.layer,
+            matrix=m.matrix,
+            keys=[m.key],
+            shape=list(m.shape),
+            fro_delta=m.fro,
+            rel_delta=m.rel,
+            stable_rank=m.spectrum.stable_rank,
+            sigma_max=m.spectrum.sigma_max,
+            lora_rank=m.lora_rank,
+        )
+        for m in collected.measured
+        if m.section == "layer" and m.spectrum is not None and m.layer is not None and m.matrix
     ]
     order = {name: i for i, name in enumerate(MATRIX_ORDER)}
     return sorted(rows, key=lambda r: (r.layer, order.get(r.matrix, len(order)), r.keys[0]))
@@ -282,28 +317,47 @@ def matrix_rows(collected: Collected) -> list[MatrixRow]:
 
 def tensor_rows(collected: Collected, groups: tuple[str, ...]) -> list[TensorRow]:
     return [
-        TensorRow(key=m.key, group=m.section, shape=list(m.shape), fro_delta=m.fro, rel_delta=m.rel,  # type: ignore[arg-type]
-                  stable_rank=m.spectrum.stable_rank if m.spectrum else None,
-                  sigma_max=m.spectrum.sigma_max if m.spectrum else None)
-        for m in collected.measured if m.section in groups
+        TensorRow(
+            key=m.key,
+            group=m.section,
+            shape=list(m.shape),
+            fro_delta=m.fro,
+            rel_delta=m.rel,  # type: ignore[arg-type]
+            stable_rank=m.spectrum.stable_rank if m.spectrum else None,
+            sigma_max=m.spectrum.sigma_max if m.spectrum else None,
+        )
+        for m in collected.measured
+        if m.section in groups
     ]
 
 
 def top_changed(collected: Collected, k: int) -> list[TopChange]:
     matrices = [m for m in collected.measured if m.spectrum is not None and m.fro > 0 and m.rel is not None]
     matrices.sort(key=lambda m: m.rel or 0.0, reverse=True)
-    return [TopChange(label=f"layer {m.layer} {m.matrix}" if m.layer is not None else m.key, key=m.key,
-                      rel_delta=m.rel or 0.0, fro_delta=m.fro, stable_rank=m.spectrum.stable_rank if m.spectrum else None)
-            for m in matrices[:k]]
+    return [
+        TopChange(
+            label=f"layer {m.layer} {m.matrix}" if m.layer is not None else m.key,
+            key=m.key,
+            rel_delta=m.rel or 0.0,
+            fro_delta=m.fro,
+            stable_rank=m.spectrum.stable_rank if m.spectrum else None,
+        )
+        for m in matrices[:k]
+    ]
 
 
 def totals(collected: Collected, aligned: Alignment) -> Totals:
     fro2 = sum(m.fro**2 for m in collected.measured)
     base2 = sum(m.base_fro**2 for m in collected.measured)
     return Totals(
-        tensors_compared=collected.compared, unchanged=collected.unchanged,
-        fro_delta=math.sqrt(fro2), rel_delta=math.sqrt(fro2 / base2) if base2 > 0 else 0.0,
-        only_in_base=len(aligned.only_in_base), only_in_checkpoint=len(aligned.only_in_checkpoint),
-        only_in_base_keys=aligned.only_in_base[:_SAMPLE], only_in_checkpoint_keys=aligned.only_in_checkpoint[:_SAMPLE],
-        tied=aligned.tied, skipped_non_float=collected.skipped_non_float,
+        tensors_compared=collected.compared,
+        unchanged=collected.unchanged,
+        fro_delta=math.sqrt(fro2),
+        rel_delta=math.sqrt(fro2 / base2) if base2 > 0 else 0.0,
+        only_in_base=len(aligned.only_in_base),
+        only_in_checkpoint=len(aligned.only_in_checkpoint),
+        only_in_base_keys=aligned.only_in_base[:_SAMPLE],
+        only_in_checkpoint_keys=aligned.only_in_checkpoint[:_SAMPLE],
+        tied=aligned.tied,
+        skipped_non_float=collected.skipped_non_float,
     )

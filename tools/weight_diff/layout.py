@@ -6,6 +6,7 @@ Matrix types: Q, K, V, O, "MLP in" (GPT-2 c_fc, Llama up_proj, BERT intermediate
 "QKV" for fused projections whose head layout varies by model (left whole), "other" for the rest.
 GPT-2's fused c_attn Conv1D (stored d_in × 3·d_out) is split by columns into Q, K and V.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,10 @@ _MATRIX_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"mlp\.c_proj|down_proj|fc2|output\.dense|dense_4h_to_h|lin2", "MLP out"),
     )
 )
-_EMBEDDING = re.compile(r"(?:^|\.)(?:wte|wpe|embed_tokens|embed_positions|word_embeddings|position_embeddings|"
-                        r"token_type_embeddings|lm_head|embed_in|embed_out|tok_embeddings)\.weight$")
+_EMBEDDING = re.compile(
+    r"(?:^|\.)(?:wte|wpe|embed_tokens|embed_positions|word_embeddings|position_embeddings|"
+    r"token_type_embeddings|lm_head|embed_in|embed_out|tok_embeddings)\.weight$"
+)
 _NORM = re.compile(r"(?:^|\.)(?:ln_\w*|\w*norm\w*|\w*LayerNorm\w*)\.(?:weight|bias)$", re.IGNORECASE)
 _GPT2_FUSED_QKV = re.compile(r"(?:^|\.)attn\.c_attn$")
 

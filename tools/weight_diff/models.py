@@ -1,4 +1,5 @@
 """Input and output of run_weight_diff (the MCP schema, CLI flags and JSON export derive from these)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -9,10 +10,12 @@ from pydantic import BaseModel, Field
 class WeightDiffInput(BaseModel):
     checkpoint: str = Field(
         description="Fine-tuned checkpoint to compare with the session's base model: a .pt/.bin file "
-                    "({step, state_dict} or a state dict), a .safetensors file, a save_pretrained directory "
-                    "(sharded too) or a PEFT LoRA adapter directory",
+        "({step, state_dict} or a state dict), a .safetensors file, a save_pretrained directory "
+        "(sharded too) or a PEFT LoRA adapter directory",
     )
-    name: str | None = Field(None, description="Label for the checkpoint in the output and web card (default: file name without suffix)")
+    name: str | None = Field(
+        None, description="Label for the checkpoint in the output and web card (default: file name without suffix)"
+    )
     top_k: int = Field(10, ge=1, le=200, description="How many of the most changed matrices (by ‖ΔW‖/‖W‖) to list")
 
 
@@ -37,7 +40,9 @@ class TensorRow(BaseModel):
     group: Literal["embedding", "norm", "bias", "other"]
     shape: list[int]
     fro_delta: float
-    rel_delta: float | None = Field(description="‖ΔW‖_F / ‖W_base‖_F; None when W_base = 0 (e.g. a zero-initialised bias)")
+    rel_delta: float | None = Field(
+        description="‖ΔW‖_F / ‖W_base‖_F; None when W_base = 0 (e.g. a zero-initialised bias)"
+    )
     stable_rank: float | None = Field(None, description="matrices only; None for vectors or ΔW = 0")
     sigma_max: float | None = None
 

@@ -3,24 +3,27 @@
 Base = the session's model directory; checkpoint = anything session.checkpoints reads. Full checkpoints
 are diffed tensor by tensor; LoRA adapters are measured from their factors (ΔW = scale·B@A never formed).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from session.checkpoints import align, open_checkpoint
 from session.context import ToolContext
-from toolserver.contract import Outcome, Reporter, ToolError
 from tools.weight_diff import compute
 from tools.weight_diff.models import WeightDiffInput, WeightDiffResult
 from tools.weight_diff.report import findings, follow_ups
+from toolserver.contract import Outcome, Reporter, ToolError
 
 
 def run(ctx: ToolContext, args: WeightDiffInput, reporter: Reporter) -> Outcome[WeightDiffResult]:
     session = ctx.require_session()
     base_dir = Path(session.model_source)
     if not base_dir.is_dir():
-        raise ToolError(f"the session's base model {session.model_source} is not a local directory",
-                        "start the session on a local save_pretrained directory or a catalog model")
+        raise ToolError(
+            f"the session's base model {session.model_source} is not a local directory",
+            "start the session on a local save_pretrained directory or a catalog model",
+        )
     reporter.progress(0.0, "opening the base model and the checkpoint")
     with open_checkpoint(base_dir) as base, open_checkpoint(args.checkpoint) as ckpt:
         aligned = align(base, ckpt)
@@ -29,7 +32,10 @@ def run(ctx: ToolContext, args: WeightDiffInput, reporter: Reporter) -> Outcome[
         path = Path(args.checkpoint)
         result = WeightDiffResult(
             name=args.name or (path.name if path.is_dir() else path.stem),
-            checkpoint=str(ckpt.path), base=str(base_dir), mode=ckpt.kind, step=ckpt.step,
+            checkpoint=str(ckpt.path),
+            base=str(base_dir),
+            mode=ckpt.kind,
+            step=ckpt.step,
             n_layers=len({r.layer for r in rows}),
             rows=rows,
             embeddings=compute.tensor_rows(collected, ("embedding",)),

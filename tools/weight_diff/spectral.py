@@ -5,6 +5,7 @@ spread evenly. σ_max comes from block Krylov iteration with Rayleigh–Ritz on 
 ΔW @ V and ΔWᵀ @ Y, so a huge matrix can be streamed in row chunks); a LoRA update's spectrum comes
 exactly from its r×r core.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,0 +1,81 @@
+"""Every registered tool run once for real, on tiny real models, through the runner (as every front door does).
+
+Shared by the registry tests (follow-ups checked against the registry) and the page test (every card kind drawn
+from a real run's slim payload). Adding a tool adds its call here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from session_fixtures import build_sae
+
+from session.model_cache import ModelCache
+from toolserver.contract import Envelope, FollowUp, ToolSpec
+from toolserver.registry import get_tool
+from toolserver.runner import invoke
+
+
+def watch_log(path: Path) -> Path:
+    """A small training log with a gradient spike and a plateau, as StepLogger writes it."""
+    rows = [
+        {
+            "step": i,
+            "loss": 2.5 * math.exp(-i / 30) + 0.3,
+            "maxGrad": 40.0 if i == 50 else 1.0 + 0.01 * (i % 5),
+            "gradNorms": {"h.0.attn.c_attn": 0.5, "h.1.mlp.c_fc": 0.0 if i > 60 else 0.3},
+        }
+        for i in range(1, 121)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run_every_tool(
+    models: dict[str, Path], work: Path, *, mirror: Any | None = None, session: str = "every-tool"
+) -> list[tuple[ToolSpec[Any, Any], Envelope[Any]]]:
+    """(spec, envelope) for one real call of every registered tool, in the order a user would make them."""
+    cache = ModelCache()
+    sae = build_sae(work / "sae", hook="blocks.1.hook_resid_post")
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("start_session", {"id": session, "model": str(models["base"])}),
+        ("load_sae", {"sae": str(sae)}),
+        ("run_weight_diff", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
+        ("run_weight_diff", {"checkpoint": str(models["lora"]), "name": "lora"}),
+        ("watch", {"metrics": str(watch_log(work / "run" / "metrics.jsonl")), "run": "tiny-run"}),
+        ("session_status", {}),
+    ]
+    out = []
+    for name, args in calls:
+        spec = get_tool(name)
+        out.append((spec, invoke(spec, args, session_id=session, models=cache, mirror=mirror)))
+    return out
+
+
+def follow_up_problems(fu: FollowUp) -> list[str]:
+    """Why an agent could not make this call: an unknown tool, or an argument its input model rejects. A required
+    argument the result cannot know may be left out, if `why` names it (the agent fills it in)."""
+    try:
+        spec = get_tool(fu.tool)
+    except KeyError:
+        return [f"{fu.tool}: no such tool"]
+    if fu.tool != spec.name:
+        return [f"{fu.tool}: a CLI command, not the MCP tool name {spec.name}"]
+    from pydantic import ValidationError
+
+    try:
+        spec.input_model.model_validate(fu.args)
+        return []
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = ".".join(map(str, err["loc"]))
+            if err["type"] != "missing":
+                problems.append(f"{fu.tool} {field}: {err['msg']}")
+            elif field not in fu.why:
+                problems.append(f"{fu.tool}: required {field} is neither given nor named in why ({fu.why!r})")
+        return problems
