@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import expect
+from tool_runs import run_every_tool
 from web_fixtures import (
     MAX_POINTS,
     ROOT,
@@ -28,6 +29,9 @@ from web_fixtures import (
     mirror_server,
     tool_call,
 )
+
+from toolserver.registry import all_tools
+from web_mirror.client import MirrorClient
 
 pytestmark = pytest.mark.skipif(
     chromium_path() is None, reason="Debian chromium is not installed (make setup installs it)"
@@ -413,3 +417,27 @@ def test_a_real_watch_run_from_the_cli_renders_its_slim_payload(
     assert len(feed) == len(result["signals"]) and "step 50" in feed[0].inner_text()
     assert "spiky" in node.query_selector("h3").inner_text()
     node.screenshot(path=str(ARTIFACTS / "web-watch-cli-card.png"))
+
+
+def test_every_registered_card_kind_draws_a_real_run_with_its_own_renderer(
+    server: MirrorServer, page: Any, tiny_gpt2: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every tool run for real, mirrored as the runner mirrors it; each card is drawn by the renderer of its kind
+    (never the generic fallback, never a console error), and each is saved as a screenshot to look at."""
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    mirror = MirrorClient(server.url)
+    try:
+        runs = run_every_tool(tiny_gpt2, tmp_path, mirror=mirror, session="kinds")
+    finally:
+        mirror.close()
+    open_session(page, server, "kinds")
+    assert {spec.card for spec, _ in runs} == {spec.card for spec in all_tools()}
+    for spec, env in runs:
+        node = card(page, env.call_id)
+        page.wait_for_selector(f'article.card[data-call-id="{env.call_id}"][data-status="ok"]')
+        assert node.get_attribute("data-renderer") == spec.card, spec.name
+        assert "[object" not in node.inner_text() and "undefined" not in node.inner_text(), spec.name
+        node.screenshot(path=str(ARTIFACTS / f"card-{spec.card}-{spec.name}.png"))
+    page.screenshot(path=str(ARTIFACTS / "web-every-kind.png"), full_page=True)
+    assert console == []

@@ -60,7 +60,6 @@ export function updateCard(node, card, api) {
   node._card = card;
   node.dataset.status = card.status;
   node.dataset.kind = card.kind;
-  node.dataset.renderer = RENDERERS[card.kind] && (card.slim !== null || card.live) ? card.kind : "generic";
   const t = title(card);
   replace(p.kind, card.kind);
   replace(p.tool, t.tool);
@@ -94,7 +93,9 @@ export function updateCard(node, card, api) {
     node._bodyVersion = version;
     for (const c of node._charts) c.destroy();
     node._charts = [];
-    replace(p.body, renderBody(card, node._charts));
+    const body = renderBody(card, node._charts);
+    node.dataset.renderer = body.by;
+    replace(p.body, body.nodes);
   }
 }
 
@@ -109,12 +110,12 @@ function renderBody(card, charts) {
   const render = RENDERERS[card.kind];
   if (render && (card.slim !== null || card.live)) {
     try {
-      return render(card, charts);
+      return { nodes: render(card, charts), by: card.kind };
     } catch (e) {
       console.error(`renderer ${card.kind} failed; showing the generic view`, e);
     }
   }
-  return renderGeneric(card);
+  return { nodes: renderGeneric(card), by: "generic" };
 }
 
 // What any tool shows before its own renderer exists: the slim payload as tables.

@@ -8,5 +8,5 @@ export function render(card) {
     ["SAE", s.sae], ["hook", s.hook], ["layer", s.layer], ["d_in", s.d_in], ["features", s.d_sae],
     ["architecture", s.architecture], ["processing", s.processing],
   ];
-  return el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, typeof v === "number" ? fmt(v) : String(v ?? "—"))]));
+  return el("dl", { class: "facts" }, rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, typeof v === "number" ? fmt(v) : String(v ?? "—"))]));
 }

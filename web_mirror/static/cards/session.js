@@ -9,5 +9,5 @@ export function render(card) {
     ["SAE", s.sae ? `${s.sae} (${s.sae_hook ?? "?"})` : "none"], ["calls", s.calls],
     ["model in memory", s.model_in_memory ? "yes" : "no"],
   ];
-  return el("dl", { class: "facts" }, rows.map(([k, v]) => [el("dt", {}, k), el("dd", {}, typeof v === "number" ? fmt(v) : String(v ?? "—"))]));
+  return el("dl", { class: "facts" }, rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, typeof v === "number" ? fmt(v) : String(v ?? "—"))]));
 }
