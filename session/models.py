@@ -249,7 +249,11 @@ def _boot_bridge(
                 "use an SAE trained on this model's raw weights",
             ) from None
     bridge.eval()
-    return bridge, bridge.tokenizer
+    # the model's own tokenizer, as transformers loads it: the bridge's wrapper prepends a BOS by TransformerLens'
+    # convention (GPT-2's own tokenizer adds none), so the same probe would be other tokens than transformers sees
+    from transformers import AutoTokenizer
+
+    return bridge, AutoTokenizer.from_pretrained(str(model_dir))
 
 
 def _load_hf(model_dir: Path, kind: Kind, dev: str, hf_model: Any | None) -> tuple[Any, Any]:

@@ -1,0 +1,235 @@
+"""Running probes through a loaded model and reading activations at TransformerLens hook names, batch by batch.
+
+Probes are tokenised by the base's tokenizer in batches with padding and an attention mask; each batch is run,
+its activations at the asked hooks are reduced, and only the reduced tensors leave the loop, so activation
+memory is one batch's whatever the number of probes. Reductions:
+
+- "last":   the last real token of each probe (right or left padding alike);
+- "mean":   the mean over each probe's real tokens;
+- "tokens": every real token, as rows (with the count per probe).
+
+`skip_first` drops each probe's first real token from "mean" and "tokens" (its outlier norm dominates
+SAE error). Hook names are TransformerLens': through the bridge any hook it has (`blocks.{L}.hook_resid_post`,
+`blocks.{L}.hook_mlp_out`, `blocks.0.hook_resid_pre`, …); through transformers (encoders, adapters applied
+unmerged) `blocks.{L}.hook_resid_pre` and `blocks.{L}.hook_resid_post`, read as the input and output of the
+model's layer L (for an encoder, its hidden_states[L] and [L+1]).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from session.models import LoadedModel
+from toolserver.contract import ToolError
+
+Reduce = Literal["last", "mean", "tokens"]
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_HF_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+@dataclass
+class TokenBatch:
+    index: list[int]  # positions of these probes in the probe list
+    input_ids: torch.Tensor  # [batch, seq]
+    attention_mask: torch.Tensor  # [batch, seq], 1 for real tokens
+    lengths: list[int]  # each probe's token count before truncation
+
+    @property
+    def truncated(self) -> int:
+        """Probes of this batch cut to the batch's width."""
+        return sum(n > self.input_ids.shape[1] for n in self.lengths)
+
+    def to(self, device: str) -> TokenBatch:
+        return TokenBatch(self.index, self.input_ids.to(device), self.attention_mask.to(device), self.lengths)
+
+
+def token_batches(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    max_length: int,
+    padding_side: Literal["right", "left"] = "right",
+    prepend_bos: bool = False,
+) -> Iterator[TokenBatch]:
+    """Tokenise in batches with the model's own tokenizer, each batch padded to its longest probe; a probe longer
+    than max_length keeps its first max_length tokens (and counts in `truncated`). prepend_bos puts the BOS token
+    first where the tokenizer does not (an SAE trained with prepend_bos, as sae-lens records it)."""
+    if batch_size < 1 or max_length < 1:
+        raise ValueError("batch_size and max_length must be positive")
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        encoded = tokenizer(chunk, add_special_tokens=True)["input_ids"]
+        bos = tokenizer.bos_token_id
+        if prepend_bos and bos is not None:
+            encoded = [ids if ids[:1] == [bos] else [bos, *ids] for ids in encoded]
+        rows = [ids[:max_length] or [pad] for ids in encoded]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            cols = slice(width - len(r), width) if padding_side == "left" else slice(0, len(r))
+            ids[i, cols] = torch.tensor(r, dtype=torch.long)
+            mask[i, cols] = 1
+        yield TokenBatch(list(range(start, start + len(rows))), ids, mask, [len(e) for e in encoded])
+
+
+@dataclass
+class BatchActivations:
+    batch: TokenBatch
+    acts: dict[str, torch.Tensor]  # hook -> [batch, d] ("last", "mean") or [rows, d] ("tokens")
+    counts: torch.Tensor  # tokens reduced per probe, [batch]
+
+
+def hook_names(model: LoadedModel) -> set[str]:
+    """Every hook name this model can be read at."""
+    if model.backend == "transformers":
+        return {f"blocks.{layer}.hook_resid_{w}" for layer in range(model.n_layers) for w in ("pre", "post")}
+    from transformer_lens.model_bridge.bridge import build_alias_to_canonical_map
+
+    hooks = model.model.hook_dict
+    return set(hooks) | set(build_alias_to_canonical_map(hooks))
+
+
+def check_hooks(model: LoadedModel, hooks: Sequence[str]) -> None:
+    """One line naming the first hook this model does not have (a layer out of range, a misspelt name)."""
+    known = hook_names(model)
+    for hook in hooks:
+        if hook in known:
+            continue
+        m = _BLOCK.match(hook)
+        if m and int(m.group(1)) >= model.n_layers:
+            raise ToolError(
+                f"hook {hook} names layer {m.group(1)}, but the model has {model.n_layers} layers "
+                f"(0–{model.n_layers - 1})",
+                "pick a layer in range",
+            )
+        examples = ", ".join(sorted(h for h in known if h.startswith("blocks.0."))[:6])
+        raise ToolError(f"the {model.kind} model ({model.backend}) has no hook {hook!r}", f"hooks look like {examples}")
+
+
+def run_probes(
+    model: LoadedModel, batches: Iterable[TokenBatch], hooks: Sequence[str], reduce: Reduce, *, skip_first: bool = False
+) -> Iterator[BatchActivations]:
+    """Yield each batch's reduced activations at `hooks` (float32, on the model's device)."""
+    check_hooks(model, hooks)
+    read = _bridge_reader(model, hooks) if model.backend == "bridge" else _hf_reader(model, hooks)
+    for batch in batches:
+        batch = batch.to(model.device)
+        with torch.no_grad():
+            raw = read(batch)
+        keep = real_tokens(batch.attention_mask, skip_first)
+        yield BatchActivations(batch, {h: reduce_tokens(raw[h].float(), keep, reduce) for h in hooks}, keep.sum(1))
+
+
+def real_tokens(mask: torch.Tensor, skip_first: bool) -> torch.Tensor:
+    """The positions a reduction uses: real tokens, without each probe's first one when skip_first."""
+    keep = mask.bool()
+    if skip_first:
+        keep = keep.clone()
+        first = keep.int().argmax(-1)  # the first real token, wherever the padding is
+        keep[torch.arange(keep.shape[0], device=keep.device), first] = False
+    return keep
+
+
+def reduce_tokens(acts: torch.Tensor, keep: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """[batch, seq, d] → "last" [batch, d], "mean" [batch, d] (0 where nothing is kept), "tokens" [rows, d]."""
+    if reduce == "tokens":
+        return acts[keep]
+    if reduce == "mean":
+        weights = keep.to(acts.dtype).unsqueeze(-1)
+        return (acts * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    positions = torch.arange(keep.shape[1], device=keep.device)
+    last = torch.where(keep, positions, -1).argmax(-1)
+    return acts[torch.arange(acts.shape[0], device=acts.device), last]
+
+
+def _bridge_reader(model: LoadedModel, hooks: Sequence[str]) -> Any:
+    layers = [int(m.group(1)) for h in hooks if (m := _BLOCK.match(h))]
+    # stop after the deepest hooked block when every hook is inside one: later blocks and the unembedding are never run
+    stop = max(layers) + 1 if len(layers) == len(hooks) and max(layers) + 1 < model.n_layers else None
+
+    def read(batch: TokenBatch) -> dict[str, torch.Tensor]:
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(name: str) -> Any:
+            def hook(tensor: torch.Tensor, hook: Any) -> None:
+                captured[name] = tensor.detach()
+
+            return hook
+
+        model.model.run_with_hooks(
+            batch.input_ids,
+            fwd_hooks=[(h, grab(h)) for h in hooks],
+            return_type=None,
+            attention_mask=batch.attention_mask,
+            stop_at_layer=stop,
+        )
+        return captured
+
+    return read
+
+
+def decoder_layers(module: nn.Module, n_layers: int) -> nn.ModuleList:
+    """The transformers module's list of its n_layers layers (transformer.h, model.layers, encoder.layer, …)."""
+    for name, child in module.named_modules():
+        if (
+            isinstance(child, nn.ModuleList)
+            and len(child) == n_layers
+            and name.rsplit(".", 1)[-1] in ("h", "layers", "layer", "blocks")
+        ):
+            return child
+    raise ToolError(
+        f"cannot find the {n_layers} layers of {type(module).__name__}",
+        "an unusual architecture: merge the adapter to run it through the bridge",
+    )
+
+
+def _hf_reader(model: LoadedModel, hooks: Sequence[str]) -> Any:
+    wanted = []
+    for hook in hooks:
+        m = _HF_HOOK.match(hook)
+        assert m is not None  # check_hooks let only these through
+        wanted.append((hook, int(m.group(1)), m.group(2)))
+    layers = decoder_layers(model.hf, model.n_layers)
+
+    def read(batch: TokenBatch) -> dict[str, torch.Tensor]:
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for hook, layer, where in wanted:
+            if where == "pre":
+
+                def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = hook) -> None:
+                    captured[name] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+                handles.append(layers[layer].register_forward_pre_hook(pre, with_kwargs=True))
+            else:
+
+                def post(module: nn.Module, args: Any, output: Any, name: str = hook) -> None:
+                    captured[name] = (output[0] if isinstance(output, tuple) else output).detach()
+
+                handles.append(layers[layer].register_forward_hook(post))
+        try:
+            model.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                **({"position_ids": position_ids(batch.attention_mask)} if model.kind == "llm" else {}),
+            )
+        finally:
+            for h in handles:
+                h.remove()
+        return captured
+
+    return read
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (left padding shifts them otherwise); pads get 0."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)

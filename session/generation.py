@@ -1,0 +1,84 @@
+"""Greedy generation for the behavioural tools, batched with left padding.
+
+Each step runs the whole sequence so far, without a KV cache: on TransformerLens 3.9 the bridge's cached
+decoding gives wrong greedy tokens (measured on tiny GPT-2 and Llama fine-tunes, through both
+`TransformerBridge.generate` and the wrapped model's own `generate`), while full forwards match `transformers`'
+`generate` token for token (tests/test_runtime.py pins it). Costs O(n²) in the generated length, which is
+small for the short completions the behavioural scores read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel, Field
+
+from session.activations import position_ids, token_batches
+from session.models import LoadedModel
+from toolserver.contract import ToolError
+
+
+class Generation(BaseModel):
+    prompt: str
+    text: str = Field(description="the completion, decoded without special tokens")
+    tokens: list[int] = Field(description="generated token ids (the EOS that ended it included)")
+    stopped: bool = Field(description="ended on EOS before max_new_tokens")
+    prompt_truncated: bool = False
+
+
+def logits(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token logits at every position, [batch, seq, vocab], for a possibly left-padded batch."""
+    positions = position_ids(attention_mask)
+    with torch.no_grad():
+        if model.backend == "bridge":
+            return model.model(input_ids, attention_mask=attention_mask, position_ids=positions, return_type="logits")
+        return model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+
+
+def greedy(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    max_prompt_tokens: int | None = None,
+) -> list[Generation]:
+    """The argmax continuation of each prompt, up to max_new_tokens or the tokenizer's EOS."""
+    if model.kind != "llm":
+        raise ToolError("generation needs a causal LM; this session's model is an encoder", "use an LLM session")
+    tok = model.tokenizer
+    eos = tok.eos_token_id
+    room = model.n_ctx - max_new_tokens
+    if room < 1:
+        raise ToolError(f"max_new_tokens {max_new_tokens} leaves no room in the model's {model.n_ctx}-token context")
+    limit = min(room, max_prompt_tokens or room)
+    out: list[Generation] = []
+    for batch in token_batches(tok, prompts, batch_size=batch_size, max_length=limit, padding_side="left"):
+        ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        new: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            nxt = logits(model, ids, mask)[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
+            new.append(nxt)
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            mask = torch.cat([mask, (~done).long()[:, None]], 1)
+            done |= nxt == eos if eos is not None else torch.zeros_like(done)
+            if bool(done.all()):
+                break
+        generated = torch.stack(new, 1).tolist() if new else [[] for _ in batch.index]
+        for row, i in enumerate(batch.index):
+            tokens = generated[row]
+            if eos is not None and eos in tokens:
+                tokens = tokens[: tokens.index(eos) + 1]
+            out.append(
+                Generation(
+                    prompt=prompts[i],
+                    text=tok.decode(tokens, skip_special_tokens=True),
+                    tokens=tokens,
+                    stopped=eos is not None and bool(tokens) and tokens[-1] == eos,
+                    prompt_truncated=batch.lengths[row] > limit,
+                )
+            )
+    return out
