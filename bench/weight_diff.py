@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
+
+from bench.memory import PeakAnon, rss_anon_mb
 
 LLAMA = {"hidden": 2048, "intermediate": 5632, "heads": 16, "kv_heads": 4, "vocab": 32000}
 LAYERS = {"bf16": 14, "fp32": 6}  # ≥ 1.5 GB per checkpoint either way
@@ -96,33 +96,6 @@ def drop_cache(*paths: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-
-
-def rss_anon_mb() -> float:
-    return int(re.search(r"RssAnon:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
-
-
-class PeakAnon:
-    """Samples RssAnon every 2 ms in a thread; peak is the largest value seen."""
-
-    def __init__(self) -> None:
-        self.peak = rss_anon_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_anon_mb())
-            time.sleep(0.002)
-
-    def __enter__(self) -> PeakAnon:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_anon_mb())
 
 
 def read_every_tensor(*files: Path) -> int:
