@@ -17,6 +17,7 @@ model's layer L (for an encoder, its hidden_states[L] and [L+1]).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from session.models import LoadedModel
+from session.models import LoadedModel, ModelPair
 from toolserver.contract import ToolError
 
 Reduce = Literal["last", "mean", "tokens"]
@@ -133,6 +134,18 @@ def run_probes(
             keep = real_tokens(batch.attention_mask, skip_first)
             acts = {h: reduce_tokens(captured.pop(h).float(), keep, reduce) for h in hooks}
             yield BatchActivations(batch, acts, keep.sum(1))
+
+
+def run_pair(
+    pair: ModelPair, batches: Iterable[TokenBatch], hooks: Sequence[str], reduce: Reduce, *, skip_first: bool = False
+) -> Iterator[tuple[BatchActivations, BatchActivations]]:
+    """Base and checkpoint on the same batches in lockstep: (base, tuned) per batch, one batch in memory at a time."""
+    base_batches, tuned_batches = itertools.tee(batches)
+    yield from zip(
+        run_probes(pair.base, base_batches, hooks, reduce, skip_first=skip_first),
+        run_probes(pair.tuned, tuned_batches, hooks, reduce, skip_first=skip_first),
+        strict=True,
+    )
 
 
 def real_tokens(mask: torch.Tensor, skip_first: bool) -> torch.Tensor:

