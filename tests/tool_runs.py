@@ -46,6 +46,7 @@ def run_every_tool(
         ("load_sae", {"sae": str(sae)}),
         ("run_weight_diff", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
         ("run_weight_diff", {"checkpoint": str(models["lora"]), "name": "lora"}),
+        ("run_residual_drift", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
         ("watch", {"metrics": str(watch_log(work / "run" / "metrics.jsonl")), "run": "tiny-run"}),
         ("session_status", {}),
     ]
