@@ -25,10 +25,15 @@ def findings(res: ResidualDriftResult) -> list[Finding]:
             )
         ]
     start, peak = by_layer[res.start_layer], by_layer[res.peak_layer]
+    before = (
+        "the embeddings themselves changed"
+        if res.start_layer == "embed"
+        else "every earlier layer stays under the floor"
+    )
     out.append(
         Finding(
             text=f"Drift starts at {_where(res.start_layer)}: mean cosine distance {start.cos_mean:.3g} "
-            f"(> {res.drift_floor:g}); every earlier layer stays under the floor."
+            f"(> {res.drift_floor:g}); {before}."
         )
     )
     out.append(
