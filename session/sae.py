@@ -115,15 +115,16 @@ def cached_sae(spec: str, models: ModelCache, **checks: Any) -> tuple[Any, SaeIn
     return models.sae(("sae", spec, _stamp(spec)), lambda: load_sae(spec, **checks))
 
 
-def session_sae(session: Session, models: ModelCache) -> tuple[Any, SaeInfo]:
-    """The session's SAE; ToolError when none was loaded."""
-    if not session.sae:
+def session_saes(session: Session, models: ModelCache) -> list[tuple[Any, SaeInfo]]:
+    """The session's SAEs, in layer order; ToolError when none was loaded."""
+    if not session.saes:
         raise ToolError(f"session {session.id!r} has no SAE", "run: trainspect load sae SPEC")
-    return cached_sae(session.sae, models)
+    return [cached_sae(ref.spec, models) for ref in session.saes]
 
 
-def sae_is_loaded(session: Session, models: ModelCache) -> bool:
-    return any(info.spec == session.sae for _, info in models.saes())
+def saes_loaded(session: Session, models: ModelCache) -> int:
+    held = {info.spec for _, info in models.saes()}
+    return sum(ref.spec in held for ref in session.saes)
 
 
 def _stamp(spec: str) -> int:

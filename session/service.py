@@ -8,9 +8,10 @@ from session.catalog import CatalogEntry, for_dir, lookup
 from session.model_cache import ModelCache
 from session.models import is_loaded
 from session.resolve import model_dims, read_config, resolve_model
-from session.sae import SaeInfo, cached_sae, sae_is_loaded
+from session.sae import SaeInfo, cached_sae, saes_loaded
 from session.state import (
     RECENT_CALLS,
+    SaeRef,
     Session,
     SessionStatus,
     check_id,
@@ -61,15 +62,26 @@ def default_layer(session: Session) -> int:
     return entry.default_layer if entry else dims(session)[1] // 2
 
 
-def load_sae(session: Session, spec: str, models: ModelCache) -> tuple[Session, SaeInfo]:
-    """Load the SAE (checked against the model's d_model and depth) into the cache, persist its spec."""
+def load_saes(session: Session, specs: list[str], models: ModelCache) -> tuple[Session, list[SaeInfo], list[SaeRef]]:
+    """Load SAEs (each checked against the model's d_model and depth, at most one per hook) into the cache and
+    attach them to the session; nothing is stored unless every one loads. Returns the infos and the SAEs replaced."""
     d_model, n_layers = dims(session)
-    path = Path(spec.strip()).expanduser()
-    stored = str(path.resolve()) if path.exists() else spec.strip()  # absolute, so any cwd finds it
-    _, info = cached_sae(stored, models, d_model=d_model, n_layers=n_layers, default_layer=default_layer(session))
-    session.sae, session.sae_hook, session.sae_layer = stored, info.hook, info.layer
+    infos = []
+    for spec in specs:
+        path = Path(spec.strip()).expanduser()
+        stored = str(path.resolve()) if path.exists() else spec.strip()  # absolute, so any cwd finds it
+        _, info = cached_sae(stored, models, d_model=d_model, n_layers=n_layers, default_layer=default_layer(session))
+        infos.append(info)
+    by_hook: dict[str, str] = {}
+    for info in infos:
+        if info.hook in by_hook:
+            raise ToolError(
+                f"SAEs {by_hook[info.hook]} and {info.spec} both read {info.hook}", "load one SAE per hook (layer)"
+            )
+        by_hook[info.hook] = info.spec
+    replaced = session.attach([SaeRef(spec=i.spec, hook=i.hook, layer=i.layer, d_sae=i.d_sae) for i in infos])
     session.save()
-    return session, info
+    return session, infos, replaced
 
 
 def status(session: Session, models: ModelCache) -> SessionStatus:
@@ -88,13 +100,11 @@ def status(session: Session, models: ModelCache) -> SessionStatus:
         d_model=d_model,
         n_layers=n_layers,
         default_layer=default_layer(session),
-        sae=session.sae,
-        sae_hook=session.sae_hook,
-        sae_layer=session.sae_layer,
+        saes=session.saes,
         created_at=session.created_at,
         calls=len(session.history),
         recent_calls=session.history[-RECENT_CALLS:],
         model_in_memory=is_loaded(session, models),
-        sae_in_memory=sae_is_loaded(session, models),
+        saes_in_memory=saes_loaded(session, models),
         other_sessions=[s for s in list_sessions() if s != session.id],
     )

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from toolserver.contract import ToolError, atomic_write, home, locked, now_iso
 
@@ -31,14 +31,21 @@ class CallRecord(BaseModel):
     name: str | None = None
 
 
+class SaeRef(BaseModel):
+    """An SAE attached to the session: where it loads from and what it reads."""
+
+    spec: str = Field(description="local sae-lens directory (absolute) or release/sae_id")
+    hook: str = Field(description="TransformerLens hook it reads")
+    layer: int
+    d_sae: int | None = Field(None, description="number of features (None for sessions saved before it was recorded)")
+
+
 class Session(BaseModel):
     id: str
     model: str = Field(description="the model spec as the user gave it (slug, HF id or directory)")
     model_source: str = Field(description="local directory or HF id the weights load from")
     kind: Literal["llm", "embedding"]
-    sae: str | None = None
-    sae_hook: str | None = None
-    sae_layer: int | None = None
+    saes: list[SaeRef] = Field(default_factory=list, description="SAEs attached, one per hook, in layer order")
     created_at: str = Field(default_factory=now_iso)
     history: list[CallRecord] = Field(
         default_factory=list, description=f"tool calls, oldest first; the last {MAX_HISTORY} are kept"
@@ -46,6 +53,24 @@ class Session(BaseModel):
     regressions: dict[str, list[float]] = Field(default_factory=dict)
 
     _as_read: dict[str, Any] | None = PrivateAttr(default=None)  # the file's content when last read or written
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_sae_files(cls, data: Any) -> Any:
+        """Session files written before several SAEs could be attached name one as sae, sae_hook, sae_layer."""
+        if isinstance(data, dict) and "sae" in data:
+            data = dict(data)
+            spec, hook, layer = data.pop("sae"), data.pop("sae_hook", None), data.pop("sae_layer", None)
+            if spec and hook is not None and layer is not None and "saes" not in data:
+                data["saes"] = [{"spec": spec, "hook": hook, "layer": layer}]
+        return data
+
+    def attach(self, refs: list[SaeRef]) -> list[SaeRef]:
+        """Attach SAEs, each replacing one already at its hook; returns the replaced ones."""
+        hooks = {r.hook for r in refs}
+        replaced = [r for r in self.saes if r.hook in hooks]
+        self.saes = sorted([r for r in self.saes if r.hook not in hooks] + refs, key=lambda r: (r.layer, r.hook))
+        return replaced
 
     def save(self) -> None:
         """Write the session, merged with whatever another process saved since this copy was read.
@@ -163,12 +188,10 @@ class SessionStatus(BaseModel):
     d_model: int
     n_layers: int
     default_layer: int = Field(description="layer analyses use when none is given (catalog, else the middle block)")
-    sae: str | None = Field(description="SAE spec (local directory or release/sae_id), if one is loaded")
-    sae_hook: str | None
-    sae_layer: int | None
+    saes: list[SaeRef] = Field(description="SAEs attached to the session, one per hook")
     created_at: str
     calls: int = Field(description=f"tool calls recorded in this session (the last {MAX_HISTORY} are kept)")
     recent_calls: list[CallRecord] = Field(description=f"the last {RECENT_CALLS} calls, oldest first")
     model_in_memory: bool = Field(description="the model is loaded in this process (MCP server) and reused")
-    sae_in_memory: bool
+    saes_in_memory: int = Field(description="how many of the session's SAEs this process holds")
     other_sessions: list[str] = Field(description="other session ids in this state directory")

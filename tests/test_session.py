@@ -16,7 +16,7 @@ from session.catalog import CATALOG, lookup
 from session.model_cache import ModelCache
 from session.resolve import detect_kind, resolve_model
 from session.sae import parse_layer
-from session.state import CallRecord, Session, current_session, load_session
+from session.state import CallRecord, SaeRef, Session, current_session, load_session
 from toolserver.contract import ToolError, now_iso
 from toolserver.registry import get_tool
 from toolserver.runner import invoke
@@ -109,7 +109,7 @@ def test_slug_and_hf_id_resolve_through_the_hf_cache_offline(
     env = invoke(get_tool("start_session"), {"id": "hub", "model": "gpt2"})
     assert env.result.default_layer == 8
     load = [f for f in env.follow_ups if f.tool == "load_sae"]
-    assert load and load[0].args == {"sae": "gpt2-small-res-jb/blocks.8.hook_resid_pre"}
+    assert load and load[0].args == {"sae": ["gpt2-small-res-jb/blocks.8.hook_resid_pre"]}
     assert {f.tool for f in env.follow_ups} <= ALLOWED_FOLLOW_UPS
 
 
@@ -204,15 +204,15 @@ def test_session_started_in_one_process_is_seen_by_another(bases: dict[str, Path
 def test_restart_keeps_same_model_and_resets_for_another(bases: dict[str, Path]) -> None:
     invoke(get_tool("start_session"), {"id": "run", "model": str(bases["gpt2"])})
     first = load_session("run")
-    first.sae, first.sae_hook, first.sae_layer = "/some/sae", "blocks.1.hook_resid_post", 1
+    first.saes = [SaeRef(spec="/some/sae", hook="blocks.1.hook_resid_post", layer=1, d_sae=128)]
     first.regressions["refusal"] = [0.9]
     first.save()
     again, kept = service.start_session("run", str(bases["gpt2"]))
-    assert kept is None and again.sae == "/some/sae" and again.created_at == first.created_at
+    assert kept is None and again.saes == first.saes and again.created_at == first.created_at
     other, _ = service.start_session("run", str(bases["bert"]))
-    assert other.kind == "embedding" and other.sae is None and other.sae_hook is None and other.regressions == {}
+    assert other.kind == "embedding" and other.saes == [] and other.regressions == {}
     stored = load_session("run")
-    assert stored.model_source == str(bases["bert"].resolve()) and stored.sae is None
+    assert stored.model_source == str(bases["bert"].resolve()) and stored.saes == []
     assert [c.tool for c in stored.history] == ["start_session"]  # the call history outlives the model switch
     service.start_session("second", str(bases["llama"]))
     assert current_session().id == "second"
@@ -239,10 +239,10 @@ for _ in range(int(sys.argv[2])):
 # Another process changing a setting from its own copy while the appenders run.
 _SETTER = """
 import sys
-from session.state import load_session
+from session.state import SaeRef, load_session
 for i in range(int(sys.argv[2])):
     s = load_session(sys.argv[1])
-    s.sae = f"sae-{i}"
+    s.saes = [SaeRef(spec=f"sae-{i}", hook="blocks.0.hook_resid_post", layer=0)]
     s.save()
 """
 
@@ -256,7 +256,7 @@ def test_concurrent_processes_lose_no_history_and_no_setting(bases: dict[str, Pa
     stored = load_session("busy")
     assert [c.tool for c in stored.history].count("noop") == 120  # without the lock and merge: ~half lost
     assert len({c.call_id for c in stored.history}) == len(stored.history)
-    assert stored.sae == "sae-59"
+    assert [r.spec for r in stored.saes] == ["sae-59"]
 
 
 def test_history_keeps_the_last_records(bases: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

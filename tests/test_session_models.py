@@ -11,7 +11,7 @@ from session_fixtures import D_MODEL, N_LAYERS, build_sae, fake_hub_cache, tiny_
 from session import service
 from session.model_cache import ModelCache
 from session.models import load_base
-from session.sae import session_sae
+from session.sae import session_saes
 from session.state import load_session
 from toolserver.contract import ToolError
 from toolserver.registry import get_tool
@@ -89,28 +89,31 @@ def test_local_sae_loads_with_hook_and_encodes_like_the_formula(
     bases: dict[str, Path], sae_dirs: dict[str, Path]
 ) -> None:
     invoke(get_tool("start_session"), {"id": "sae-run", "model": str(bases["gpt2"])})
-    env = invoke(get_tool("load_sae"), {"sae": str(sae_dirs["ok"])})
-    assert (env.result.hook, env.result.layer, env.result.d_in, env.result.d_sae) == (
+    env = invoke(get_tool("load_sae"), {"sae": [str(sae_dirs["ok"])]})
+    [sae_info] = env.result.loaded
+    assert (sae_info.hook, sae_info.layer, sae_info.d_in, sae_info.d_sae) == (
         "blocks.1.hook_resid_post",
         1,
         D_MODEL,
         128,
     )
-    assert env.result.architecture == "standard" and env.result.source == "local" and not env.result.hook_assumed
+    assert sae_info.architecture == "standard" and sae_info.source == "local" and not sae_info.hook_assumed
     assert [f.severity for f in env.findings] == ["info"]  # no centring or assumed-hook warning for this SAE
     stored = load_session("sae-run")
-    assert (stored.sae, stored.sae_hook, stored.sae_layer) == (
+    [ref] = stored.saes
+    assert (ref.spec, ref.hook, ref.layer, ref.d_sae) == (
         str(sae_dirs["ok"].resolve()),
         "blocks.1.hook_resid_post",
         1,
+        128,
     )
 
     loaded = load_base(stored, CACHE)
     tokens = loaded.tokenizer(PROMPTS, padding=True, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        _, cache = loaded.model.run_with_cache(tokens, names_filter=stored.sae_hook)
-        acts = cache[stored.sae_hook]
-        sae = session_sae(stored, CACHE)[0]
+        _, cache = loaded.model.run_with_cache(tokens, names_filter=ref.hook)
+        acts = cache[ref.hook]
+        [(sae, _)] = session_saes(stored, CACHE)
         features = sae.encode(acts)
     # independent reference: StandardSAE is ReLU((x - b_dec) W_enc + b_enc), weights read from the saved file
     from safetensors.torch import load_file
@@ -122,18 +125,18 @@ def test_local_sae_loads_with_hook_and_encodes_like_the_formula(
     assert 0 < (features > 0).float().mean() < 1
 
     status = invoke(get_tool("session_status"), {}).result
-    assert status.sae_hook == "blocks.1.hook_resid_post" and status.calls == 2
+    assert [r.hook for r in status.saes] == ["blocks.1.hook_resid_post"] and status.calls == 2
 
 
 def test_sae_without_hook_metadata_falls_back_to_the_default_layer(
     bases: dict[str, Path], sae_dirs: dict[str, Path]
 ) -> None:
     session, _ = service.start_session("fallback", str(bases["llama"]))
-    _, info = service.load_sae(session, str(sae_dirs["no_hook"]), CACHE)
+    _, [info], _ = service.load_saes(session, [str(sae_dirs["no_hook"])], CACHE)
     assert (info.layer, info.hook, info.hook_assumed) == (1, "blocks.1.hook_resid_post", True)  # middle of 2 layers
     assert (
-        service.status(session, CACHE).sae_in_memory
-        and not service.status(load_session("fallback"), ModelCache()).sae_in_memory
+        service.status(session, CACHE).saes_in_memory
+        and not service.status(load_session("fallback"), ModelCache()).saes_in_memory
     )
 
 
@@ -151,10 +154,10 @@ def test_sae_errors_are_one_clear_line(bases: dict[str, Path], sae_dirs: dict[st
     }
     for spec, needles in cases.items():
         with pytest.raises(ToolError) as e:
-            service.load_sae(session, spec, CACHE)
+            service.load_saes(session, [spec], CACHE)
         text = str(e.value)
         assert "\n" not in text and all(n in text for n in needles), text
-    assert load_session("errs").sae is None  # nothing was persisted
+    assert load_session("errs").saes == []  # nothing was persisted
 
 
 def test_llm_the_bridge_cannot_load_is_one_clear_line(tmp_path: Path) -> None:
@@ -182,24 +185,25 @@ def test_pretrained_sae_loads_from_the_hf_cache_offline(
     fake_hub_cache(tmp_path / "hub", "jbloom/GPT2-Small-SAEs-Reformatted", files, subfolder="blocks.1.hook_resid_pre")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     invoke(get_tool("start_session"), {"id": "cached", "model": str(bases["gpt2"])})
-    env = invoke(get_tool("load_sae"), {"sae": "gpt2-small-res-jb/blocks.1.hook_resid_pre"})
-    assert (env.result.source, env.result.hook, env.result.layer, env.result.d_in) == (
+    env = invoke(get_tool("load_sae"), {"sae": ["gpt2-small-res-jb/blocks.1.hook_resid_pre"]})
+    [loaded] = env.result.loaded
+    assert (loaded.source, loaded.hook, loaded.layer, loaded.d_in) == (
         "pretrained",
         "blocks.1.hook_resid_pre",
         1,
         D_MODEL,
     )
-    assert env.result.model_kwargs == {"center_writing_weights": True}
+    assert loaded.model_kwargs == {"center_writing_weights": True}
     # HookedTransformer's defaults fill in the rest; only the processing that changes resid_pre is applied
-    assert env.result.processing.endswith(
+    assert loaded.processing.endswith(
         "TransformerLens processing: center_writing_weights (fold_ln, center_unembed, "
         "fold_value_biases skipped: they do not change blocks.1.hook_resid_pre)"
     )
     assert any("center_writing_weights" in f.text for f in env.findings)
-    assert load_session("cached").sae == "gpt2-small-res-jb/blocks.1.hook_resid_pre"
+    assert [r.spec for r in load_session("cached").saes] == ["gpt2-small-res-jb/blocks.1.hook_resid_pre"]
     # an id of the same release that is not cached: one line saying so
     with pytest.raises(ToolError, match="not in the local HF cache and the hub is offline"):
-        invoke(get_tool("load_sae"), {"sae": "gpt2-small-res-jb/blocks.0.hook_resid_pre"})
+        invoke(get_tool("load_sae"), {"sae": ["gpt2-small-res-jb/blocks.0.hook_resid_pre"]})
 
 
 def test_centred_writing_weights_only_remove_each_residual_vectors_mean(bases: dict[str, Path]) -> None:
@@ -221,3 +225,34 @@ def test_centred_writing_weights_only_remove_each_residual_vectors_mean(bases: d
         torch.testing.assert_close(
             x - x.mean(-1, keepdim=True), theirs[hook], atol=1e-5, rtol=1e-4
         )  # ... by their mean only
+
+
+def test_several_saes_attach_one_per_hook(bases: dict[str, Path], tmp_path: Path) -> None:
+    invoke(get_tool("start_session"), {"id": "multi", "model": str(bases["gpt2"])})
+    l0, l1 = build_sae(tmp_path / "l0", hook="blocks.0.hook_resid_post"), build_sae(tmp_path / "l1", seed=1)
+    env = invoke(get_tool("load_sae"), {"sae": [str(l1), str(l0)]})
+    assert [r.layer for r in env.result.attached] == [0, 1] and env.result.replaced == []
+    again = build_sae(tmp_path / "l1-again", seed=2)  # the same hook as l1
+    env = invoke(get_tool("load_sae"), {"sae": [str(again)]})
+    assert env.result.replaced == [str(l1.resolve())]
+    assert [(r.layer, r.spec) for r in load_session("multi").saes] == [
+        (0, str(l0.resolve())),
+        (1, str(again.resolve())),
+    ]
+    assert any(f.text.startswith("Replaced ") for f in env.findings)
+    with pytest.raises(ToolError, match="both read blocks.1.hook_resid_post"):
+        invoke(get_tool("load_sae"), {"sae": [str(l1), str(again)]})
+    assert [r.spec for r in load_session("multi").saes] == [str(l0.resolve()), str(again.resolve())]  # unchanged
+
+
+def test_a_session_file_from_before_several_saes_still_reads(bases: dict[str, Path], isolated_home: Path) -> None:
+    import json
+
+    service.start_session("old", str(bases["gpt2"]))
+    path = isolated_home / "sessions" / "old.json"
+    data = json.loads(path.read_text())
+    data.pop("saes")
+    data.update(sae="/x/sae", sae_hook="blocks.1.hook_resid_post", sae_layer=1)
+    path.write_text(json.dumps(data))
+    [ref] = load_session("old").saes
+    assert (ref.spec, ref.hook, ref.layer, ref.d_sae) == ("/x/sae", "blocks.1.hook_resid_post", 1, None)

@@ -43,7 +43,7 @@ def run_every_tool(
     sae = build_sae(work / "sae", hook="blocks.1.hook_resid_post")
     calls: list[tuple[str, dict[str, Any]]] = [
         ("start_session", {"id": session, "model": str(models["base"])}),
-        ("load_sae", {"sae": str(sae)}),
+        ("load_sae", {"sae": [str(sae)]}),
         ("run_weight_diff", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
         ("run_weight_diff", {"checkpoint": str(models["lora"]), "name": "lora"}),
         ("run_residual_drift", {"checkpoint": str(models["full"]), "name": "full <ft>"}),

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from session.catalog import CATALOG
+from session.state import SaeRef
 
 
 class StartSessionInput(BaseModel):
@@ -17,10 +18,12 @@ class StartSessionInput(BaseModel):
 
 
 class LoadSaeInput(BaseModel):
-    sae: str = Field(
-        description="a local sae-lens directory (written by sae.save_model) or release/sae_id from sae-lens' registry, "
-        "e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre",
+    sae: list[str] = Field(
+        description="one or more SAEs, one per layer: local sae-lens directories (written by sae.save_model) or "
+        "release/sae_id from sae-lens' registry, e.g. gpt2-small-res-jb/blocks.8.hook_resid_pre; each replaces the "
+        "session's SAE at the same hook",
         json_schema_extra={"positional": True},
+        min_length=1,
     )
 
 
@@ -28,8 +31,7 @@ class SessionStatusInput(BaseModel):
     pass
 
 
-class LoadSaeResult(BaseModel):
-    session: str
+class LoadedSae(BaseModel):
     sae: str = Field(description="the SAE spec as stored (local directories made absolute)")
     source: str = Field(description="local or pretrained")
     hook: str = Field(description="TransformerLens hook the SAE reads, from its metadata")
@@ -41,10 +43,17 @@ class LoadSaeResult(BaseModel):
     d_sae: int = Field(description="number of SAE features")
     architecture: str
     model_kwargs: dict[str, Any] = Field(
-        description="how sae-lens loaded the model the SAE was trained on (HookedTransformer.from_pretrained kwargs, "
-        "from its metadata)"
+        description="how sae-lens loaded the model the SAE was trained on (HookedTransformer.from_pretrained "
+        "kwargs, from its metadata)"
     )
     processing: str = Field(description="the weight processing analyses run the model with to match the SAE, and why")
+
+
+class LoadSaeResult(BaseModel):
+    session: str
+    loaded: list[LoadedSae]
+    replaced: list[str] = Field(description="SAEs the session had at the same hooks, no longer attached")
+    attached: list[SaeRef] = Field(description="every SAE attached to the session now, in layer order")
 
 
 class SessionCard(BaseModel):
@@ -55,16 +64,12 @@ class SessionCard(BaseModel):
     kind: str
     d_model: int
     n_layers: int
-    sae: str | None
-    sae_hook: str | None
-    sae_layer: int | None
+    saes: list[SaeRef]
     calls: int
     model_in_memory: bool
 
 
-class SaeCard(BaseModel):
-    """The card of a loaded SAE."""
-
+class SaeCardRow(BaseModel):
     sae: str
     hook: str
     layer: int
@@ -72,3 +77,11 @@ class SaeCard(BaseModel):
     d_sae: int
     architecture: str
     processing: str
+
+
+class SaeCard(BaseModel):
+    """The card of a load_sae call: the SAEs loaded, and what the session holds now."""
+
+    loaded: list[SaeCardRow]
+    replaced: list[str]
+    attached: list[SaeRef]

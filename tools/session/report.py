@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from session.state import SessionStatus
-from tools.session.models import LoadSaeResult, SaeCard, SessionCard
+from tools.session.models import LoadSaeResult, SaeCard, SaeCardRow, SessionCard
 
 
 def slim_status(s: SessionStatus) -> SessionCard:
@@ -13,7 +13,8 @@ def slim_status(s: SessionStatus) -> SessionCard:
 
 
 def slim_sae(r: LoadSaeResult) -> SaeCard:
-    return SaeCard.model_validate(r.model_dump(include=set(SaeCard.model_fields)))
+    rows = [SaeCardRow.model_validate(x.model_dump(include=set(SaeCardRow.model_fields))) for x in r.loaded]
+    return SaeCard(loaded=rows, replaced=r.replaced, attached=r.attached)
 
 
 def _rows(rows: list[tuple[str, Any]]) -> str:
@@ -31,8 +32,7 @@ def table_status(s: SessionStatus) -> str:
             ("layers", s.n_layers),
             ("d_model", s.d_model),
             ("default layer", s.default_layer),
-            ("sae", s.sae),
-            ("sae hook", s.sae_hook),
+            ("saes", ", ".join(f"{x.spec} (layer {x.layer}, {x.hook})" for x in s.saes) or None),
             ("calls", s.calls),
             ("model in memory", "yes" if s.model_in_memory else "no"),
         ]
@@ -45,15 +45,12 @@ def table_status(s: SessionStatus) -> str:
 
 
 def table_sae(r: LoadSaeResult) -> str:
-    return _rows(
-        [
-            ("session", r.session),
-            ("sae", r.sae),
-            ("source", r.source),
-            ("hook", r.hook),
-            ("layer", r.layer),
-            ("d_in", r.d_in),
-            ("features", r.d_sae),
-            ("architecture", r.architecture),
-        ]
+    lines = [f"{'layer':>5}  {'hook':<28} {'features':>8}  {'architecture':<12} sae"]
+    lines += [f"{x.layer:>5}  {x.hook:<28} {x.d_sae:>8}  {x.architecture:<12} {x.sae}" for x in r.loaded]
+    if r.replaced:
+        lines.append("replaced: " + ", ".join(r.replaced))
+    lines.append(
+        f"session {r.session} now has {len(r.attached)} SAE{'s' if len(r.attached) != 1 else ''}: "
+        + ", ".join(f"layer {x.layer}" for x in r.attached)
     )
+    return "\n".join(lines)
