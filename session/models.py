@@ -23,18 +23,17 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
 
 from session.catalog import Kind
 from session.model_cache import ModelCache
 from session.resolve import model_dims, read_config
+from session.run_info import Backend, RunInfo
 from session.state import Session
 from toolserver.contract import ToolError, first_line
 
 log = logging.getLogger("trainspect")
 DTYPE = torch.float32
 Adapter = Literal["merged", "peft"]
-Backend = Literal["bridge", "transformers"]
 # checkpoint tensors a model of the base's class may lack: task heads of another wrapper, legacy buffers
 _SKIPPABLE = re.compile(
     r"^(cls|lm_head|score|classifier|qa_outputs|pooler)\.|(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$"
@@ -70,18 +69,6 @@ class Processing:
 
 
 RAW = Processing()
-
-
-class RunInfo(BaseModel):
-    """How the models of a result were run (every result that ran a model carries it)."""
-
-    device: str
-    dtype: str
-    backend: Backend = Field(
-        description="bridge: TransformerLens TransformerBridge; transformers: the HF module itself"
-    )
-    adapter: Literal["none", "merged", "peft"] = Field(description="how a LoRA checkpoint was applied")
-    processing: str = Field(description="weight processing the activations were read under")
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Probe prompts: what the model runtime runs base and checkpoint on.
 
 Accepted files: a JSON array of strings (or of {instruction, response} objects), JSONL of strings, or JSONL of
-{instruction, response} rows (`prompt`/`completion` and `text` are read too). A bad line is one error naming
-the file and the line. Without a file the built-in set below is used: short, varied, a few per domain,
-written for this project.
+{instruction, response} rows (`prompt`/`completion` and `text` are read too); a .txt file is one text per non-empty
+line. A bad line is one error naming the file and the line. Without a file the built-in set below is used: short,
+varied, a few per domain, written for this project.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Probe(BaseModel):
 
 class ProbeSet(BaseModel):
     source: str = Field(description="the probes file, or 'built-in'")
-    format: Literal["built-in", "json", "jsonl"]
+    format: Literal["built-in", "json", "jsonl", "text"]
     probes: list[Probe]
 
     @property
@@ -95,7 +95,10 @@ def read_probes(path: str | Path | None) -> ProbeSet:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ToolError(f"probes file {p} is unreadable: {e}", PROBES_HINT) from None
-    if text.lstrip().startswith("["):
+    if p.suffix.lower() == ".txt":
+        probes = [Probe(prompt=line, line=i) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        fmt = "text"
+    elif text.lstrip().startswith("["):
         probes, fmt = _json_array(p, text), "json"
     else:
         probes, fmt = _jsonl(p, text), "jsonl"

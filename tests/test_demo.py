@@ -1,4 +1,4 @@
-"""`make demo`'s job end to end: models built, mirror started, tools run, cards already in the page's API."""
+"""`make demo`'s job end to end: models built, mirror started, every tool run, its cards in the page."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
-from web_fixtures import free_port
+from web_fixtures import ARTIFACTS_DIR, browser_page, chromium_path, free_port
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
@@ -26,11 +27,46 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     try:
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"web mirror: http://127.0.0.1:{port}" in proc.stdout
-        for text in ("trainspect weight-diff", "top changed", "trainspect watch", "gradient_spike"):
+        for text in (
+            "trainspect weight-diff",
+            "top changed",
+            "trainspect watch",
+            "gradient_spike",
+            "trainspect sae diff",
+            "changed under the stated rule",
+            "residual drift",
+            "sae align",
+        ):
             assert text in proc.stdout, text
         cards = httpx.get(f"http://127.0.0.1:{port}/api/sessions/demo/cards", timeout=10).json()
-        kinds = sorted(c["kind"] for c in cards["cards"])
-        assert kinds.count("weightDiff") == 2 and "watch" in kinds and "session" in kinds
+        kinds = [c["kind"] for c in cards["cards"]]
+        assert all(c["status"] == "ok" for c in cards["cards"]), [(c["kind"], c["error"]) for c in cards["cards"]]
+        for kind, n in (
+            ("weightDiff", 2),
+            ("residualDrift", 2),
+            ("saeTrain", 2),
+            ("sae", 1),
+            ("saeDiff", 2),
+            ("saeAlign", 1),
+            ("watch", 1),
+            ("session", 2),
+        ):
+            assert kinds.count(kind) == n, (kind, kinds)
+        if chromium_path():  # the page as a user opens it: every card drawn by its own renderer
+            with browser_page(height=1200) as page:
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(f"http://127.0.0.1:{port}/#s=demo")
+                page.wait_for_selector(".connection.live")
+                deadline = time.monotonic() + 20
+                while len(
+                    drawn := page.eval_on_selector_all("article.card", "ns => ns.map(n => n.dataset.renderer)")
+                ) < len(kinds):
+                    assert time.monotonic() < deadline, drawn
+                    time.sleep(0.1)
+                assert sorted(drawn) == sorted(kinds) and not errors, (drawn, errors)
+                ARTIFACTS_DIR.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS_DIR / "demo-page.png"), full_page=True)
     finally:
         if pid:
             os.kill(pid, signal.SIGTERM)

@@ -17,7 +17,19 @@ from mcp.client.stdio import StdioServerParameters
 from web_fixtures import free_port
 
 BIN = Path(sys.executable).parent / "trainspect"
-EXPECTED = {"start_session", "load_sae", "session_status", "run_weight_diff", "watch", "start_tool", "get_result"}
+EXPECTED = {
+    "start_session",
+    "load_sae",
+    "session_status",
+    "run_weight_diff",
+    "watch",
+    "run_residual_drift",
+    "run_sae_diff",
+    "run_sae_train",
+    "run_sae_align",
+    "start_tool",
+    "get_result",
+}
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -156,3 +168,47 @@ def test_long_lists_are_cut_with_their_paths_recorded() -> None:
     assert out.structured_content["result"]["rows"] == [{"i": i} for i in range(5)]
     assert "120 rows" in out.content[0].text and "result.rows (120 items)" in out.content[0].text
     Envelope[Out].model_validate(out.structured_content)
+
+
+def test_sae_diff_and_residual_drift_over_stdio_stay_small_with_a_16k_feature_sae(
+    tiny_gpt2: dict[str, Path], isolated_home: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from session_fixtures import build_sae
+
+    sae = build_sae(tmp_path / "sae-16k", d_sae=16_384)
+    params = StdioServerParameters(command=str(BIN), args=["mcp", "--no-mirror"], env=_env(isolated_home))
+
+    async def main() -> None:
+        async with Client(params, read_timeout_seconds=300) as client:
+            listed = {t.name: t for t in (await client.list_tools()).tools}
+            assert not (
+                await client.call_tool("start_session", {"id": "big", "model": str(tiny_gpt2["base"])})
+            ).is_error
+            assert not (await client.call_tool("load_sae", {"sae": [str(sae)]})).is_error
+            diff = await client.call_tool("run_sae_diff", {"checkpoint": str(tiny_gpt2["full"])})
+            assert not diff.is_error, diff.content
+            structured = diff.structured_content or {}
+            jsonschema.validate(structured, listed["run_sae_diff"].output_schema)
+            size = len(json.dumps(structured)) + sum(len(c.text) for c in diff.content)
+            assert size < 100_000, size  # an MCP client may refuse ~25k tokens
+            layer = structured["result"]["layers"][0]
+            assert layer["d_sae"] == 16_384 and len(layer["top"]) == 20
+            assert structured["truncated"]["result.layers.0.columns.tuned_mean"] == 16_384
+            page = await client.call_tool(
+                "get_result",
+                {
+                    "call_id": structured["call_id"],
+                    "limit": 200,
+                    "offset": 16_300,
+                    "section": "result.layers.0.columns.tuned_mean",
+                },
+            )
+            assert page.structured_content["total"] == 16_384 and len(page.structured_content["data"]) == 84
+            drift = await client.call_tool("run_residual_drift", {"checkpoint": str(tiny_gpt2["lora"])})
+            assert not drift.is_error, drift.content
+            jsonschema.validate(drift.structured_content, listed["run_residual_drift"].output_schema)
+            assert [d["layer"] for d in drift.structured_content["result"]["layers"]] == ["embed", 0, 1]
+
+    anyio.run(main)

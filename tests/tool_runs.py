@@ -14,6 +14,7 @@ from typing import Any
 from session_fixtures import build_sae
 
 from session.model_cache import ModelCache
+from tools.fixtures.tiny_models import CORPUS
 from toolserver.contract import Envelope, FollowUp, ToolSpec
 from toolserver.registry import get_tool
 from toolserver.runner import invoke
@@ -41,12 +42,17 @@ def run_every_tool(
     """(spec, envelope) for one real call of every registered tool, in the order a user would make them."""
     cache = ModelCache()
     sae = build_sae(work / "sae", hook="blocks.1.hook_resid_post")
+    corpus = work / "corpus.txt"
+    corpus.write_text(CORPUS)
     calls: list[tuple[str, dict[str, Any]]] = [
         ("start_session", {"id": session, "model": str(models["base"])}),
         ("load_sae", {"sae": [str(sae)]}),
         ("run_weight_diff", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
         ("run_weight_diff", {"checkpoint": str(models["lora"]), "name": "lora"}),
         ("run_residual_drift", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
+        ("run_sae_diff", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
+        ("run_sae_train", {"layer": 1, "dataset": str(corpus), "d_sae": 64, "k": 8, "out": str(work / "trained-sae")}),
+        ("run_sae_align", {"a": str(sae), "b": str(work / "trained-sae")}),
         ("watch", {"metrics": str(watch_log(work / "run" / "metrics.jsonl")), "run": "tiny-run"}),
         ("session_status", {}),
     ]

@@ -26,6 +26,7 @@ CONTRACT = mirror_contract()  # what `trainspect web` serves: the registered too
 MAX_POINTS = WATCH_EVENTS.max_points
 
 ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS_DIR = ROOT / "test-artifacts"  # screenshots to look at
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

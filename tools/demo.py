@@ -8,6 +8,7 @@ starts the web mirror in the background (or reuses one already serving), then ru
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,15 @@ def build_models() -> tuple[Path, Path, Path]:
     return base, full, lora
 
 
+def demo_corpus() -> Path:
+    """The fixtures' corpus as a text file, one sentence per line: what the demo trains its SAEs on."""
+    from tools.fixtures.tiny_models import CORPUS
+
+    path = DEMO / "corpus.txt"
+    path.write_text("\n".join(s.strip() + "." for line in CORPUS.splitlines() for s in line.split(".") if s.strip()))
+    return path
+
+
 def record_training_log(base: Path, steps: int = 240, ramp_from: int = 100, ramp: float = 1.04) -> Path:
     """A real short training run logged with StepLogger, for the watch card: healthy at first, then
     the learning rate grows ×1.04 per step so the engine has something to say."""
@@ -108,10 +118,33 @@ def main() -> None:
     metrics = record_training_log(base)
     start_mirror(home)
 
+    corpus, saes = demo_corpus(), DEMO / "saes"
+    shutil.rmtree(saes, ignore_errors=True)  # sae train writes only into new directories
     steps = [
         ["session", "start", "--id", "demo", "--model", str(base)],
         ["weight-diff", "--checkpoint", str(full), "--name", "full-ft"],
         ["weight-diff", "--checkpoint", str(lora), "--name", "lora"],
+        ["residual-drift", "--checkpoint", str(full), "--name", "full-ft"],
+        ["residual-drift", "--checkpoint", str(lora), "--name", "lora"],
+        ["sae", "train", "--layer", "1", "--dataset", str(corpus), "--d-sae", "128", "--out", str(saes / "L1")],
+        ["load", "sae", str(saes / "L1")],
+        ["sae", "diff", "--checkpoint", str(full), "--name", "full-ft"],
+        ["sae", "diff", "--checkpoint", str(lora), "--name", "lora"],
+        [
+            "sae",
+            "train",
+            "--layer",
+            "1",
+            "--checkpoint",
+            str(full),
+            "--dataset",
+            str(corpus),
+            "--d-sae",
+            "128",
+            "--out",
+            str(saes / "L1-full-ft"),
+        ],
+        ["sae", "align", str(saes / "L1"), str(saes / "L1-full-ft")],
         ["watch", "--metrics", str(metrics), "--run", "demo-run"],
         ["session", "status"],
     ]

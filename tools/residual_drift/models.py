@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from session.models import RunInfo
 from session.probes import ProbeSummary
+from session.run_info import RunInfo
 
 DRIFT_FLOOR = 1e-6  # a layer drifts when its mean cosine distance exceeds this (float64 noise is ~1e-16)
 GROWS_RHO = 0.8  # "drift grows with depth": Spearman ρ of mean distance against depth at least this

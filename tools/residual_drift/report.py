@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tools.residual_drift.models import GROWS_RHO, DriftCell, ResidualDriftCard, ResidualDriftResult
+from tools.sae import DIFF as SAE_DIFF
 from tools.weight_diff import SPEC as WEIGHT_DIFF
 from toolserver.contract import Finding, FollowUp
 
@@ -65,13 +66,23 @@ def findings(res: ResidualDriftResult) -> list[Finding]:
 def follow_ups(res: ResidualDriftResult) -> list[FollowUp]:
     if res.start_layer is None:
         return []
-    return [
+    out = [
         FollowUp(
             tool=WEIGHT_DIFF.name,
             args={"checkpoint": res.checkpoint},
             why=f"see which matrices moved at {_where(res.start_layer)}, where the drift starts",
         )
     ]
+    if isinstance(res.peak_layer, int):
+        out.append(
+            FollowUp(
+                tool=SAE_DIFF.name,
+                args={"checkpoint": res.checkpoint},
+                why=f"see which SAE features changed where the drift peaks (layer {res.peak_layer}); "
+                "needs an SAE loaded there",
+            )
+        )
+    return out
 
 
 def slim(res: ResidualDriftResult) -> ResidualDriftCard:

@@ -1,14 +1,7 @@
 """start_session, load_sae and session_status: what the session holds, as tools."""
 
 from session.state import SessionStatus
-from tools.session.models import (
-    LoadSaeInput,
-    LoadSaeResult,
-    SaeCard,
-    SessionCard,
-    SessionStatusInput,
-    StartSessionInput,
-)
+from tools.session.models import SessionCard, SessionStatusInput, StartSessionInput
 from toolserver.contract import ToolSpec, lazy
 
 START = ToolSpec(
@@ -31,25 +24,6 @@ START = ToolSpec(
     session_arg="id",
 )
 
-LOAD_SAE = ToolSpec(
-    name="load_sae",
-    command="load sae",
-    card="sae",
-    summary=(
-        "Attach a sae-lens SAE to the current session: a local directory written by sae.save_model, or "
-        "release/sae_id from sae-lens' pretrained registry. Its hook and layer come from the SAE's metadata; "
-        "d_in is checked against the model; the weight processing it was trained on is matched by later analyses. "
-        "Use before SAE-feature analyses. Cost: seconds for a local directory (no model is loaded); release/sae_id "
-        "downloads from the HF hub. Next: run_weight_diff."
-    ),
-    input_model=LoadSaeInput,
-    output_model=LoadSaeResult,
-    slim_model=SaeCard,
-    run=lazy("tools.session.run:run_load_sae"),
-    slim=lazy("tools.session.report:slim_sae"),
-    table=lazy("tools.session.report:table_sae"),
-)
-
 STATUS = ToolSpec(
     name="session_status",
     command="session status",
@@ -67,4 +41,4 @@ STATUS = ToolSpec(
     table=lazy("tools.session.report:table_status"),
 )
 
-TOOLS = [START, LOAD_SAE, STATUS]
+TOOLS = [START, STATUS]

@@ -5,16 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from session.state import SessionStatus
-from tools.session.models import LoadSaeResult, SaeCard, SaeCardRow, SessionCard
+from tools.session.models import SessionCard
 
 
 def slim_status(s: SessionStatus) -> SessionCard:
     return SessionCard.model_validate(s.model_dump(include=set(SessionCard.model_fields)))
-
-
-def slim_sae(r: LoadSaeResult) -> SaeCard:
-    rows = [SaeCardRow.model_validate(x.model_dump(include=set(SaeCardRow.model_fields))) for x in r.loaded]
-    return SaeCard(loaded=rows, replaced=r.replaced, attached=r.attached)
 
 
 def _rows(rows: list[tuple[str, Any]]) -> str:
@@ -42,15 +37,3 @@ def table_status(s: SessionStatus) -> str:
             f"  {c.created_at}  {c.tool:<22} {'ok' if c.ok else 'FAILED'}" for c in s.recent_calls
         )
     return text
-
-
-def table_sae(r: LoadSaeResult) -> str:
-    lines = [f"{'layer':>5}  {'hook':<28} {'features':>8}  {'architecture':<12} sae"]
-    lines += [f"{x.layer:>5}  {x.hook:<28} {x.d_sae:>8}  {x.architecture:<12} {x.sae}" for x in r.loaded]
-    if r.replaced:
-        lines.append("replaced: " + ", ".join(r.replaced))
-    lines.append(
-        f"session {r.session} now has {len(r.attached)} SAE{'s' if len(r.attached) != 1 else ''}: "
-        + ", ".join(f"layer {x.layer}" for x in r.attached)
-    )
-    return "\n".join(lines)

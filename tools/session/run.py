@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from session import service
 from session.context import ToolContext
-from session.sae import processing_for
 from session.state import Session, SessionStatus
-from tools.session import LOAD_SAE
-from tools.session.models import LoadedSae, LoadSaeInput, LoadSaeResult, SessionStatusInput, StartSessionInput
+from tools.sae import LOAD_SAE
+from tools.session.models import SessionStatusInput, StartSessionInput
 from tools.watch import SPEC as WATCH
 from tools.weight_diff import SPEC as WEIGHT_DIFF
 from toolserver.contract import Finding, FollowUp, Outcome, Reporter
@@ -69,64 +68,6 @@ def run_start(ctx: ToolContext, args: StartSessionInput, reporter: Reporter) -> 
         kept_saes = ", ".join(f"{r.spec} at {r.hook}" for r in status.saes)
         findings.append(Finding(text=f"Kept the SAEs of the session's earlier start: {kept_saes}."))
     return Outcome(result=status, findings=findings, follow_ups=_next_steps(started, status))
-
-
-def run_load_sae(ctx: ToolContext, args: LoadSaeInput, reporter: Reporter) -> Outcome[LoadSaeResult]:
-    sess = ctx.require_session()
-    reporter.progress(0.1, f"loading {len(args.sae)} SAE{'s' if len(args.sae) > 1 else ''}")
-    sess, infos, replaced = service.load_saes(sess, args.sae, ctx.models)
-    reporter.progress(1.0, "SAEs loaded")
-    loaded, findings = [], []
-    for info in infos:
-        processing, why = processing_for(info)
-        loaded.append(
-            LoadedSae(
-                sae=info.spec,
-                source=info.source,
-                hook=info.hook,
-                hook_assumed=info.hook_assumed,
-                layer=info.layer,
-                d_in=info.d_in,
-                d_sae=info.d_sae,
-                architecture=info.architecture,
-                model_kwargs=info.model_kwargs,
-                processing=why,
-            )
-        )
-        findings.append(
-            Finding(
-                text=f"SAE loaded: {info.d_sae} {info.architecture} features reading {info.hook} "
-                f"(layer {info.layer}, d_in {info.d_in} = the model's d_model)."
-            )
-        )
-        if info.hook_assumed:
-            findings.append(
-                Finding(
-                    severity="warn",
-                    text=f"{info.spec}: its metadata names no hook; assuming it reads "
-                    f"{info.hook} (the model's default layer). If it was trained elsewhere, save it "
-                    "with metadata.hook_name set.",
-                )
-            )
-        if not processing.raw:
-            findings.append(
-                Finding(
-                    text=f"SAE analyses at {info.hook} run the model with {processing.describe()} to "
-                    f"match how the SAE was trained ({why}); weight tools are unaffected."
-                )
-            )
-    if replaced:
-        findings.append(Finding(text=f"Replaced {', '.join(r.spec for r in replaced)} (same hook)."))
-    result = LoadSaeResult(session=sess.id, loaded=loaded, replaced=[r.spec for r in replaced], attached=sess.saes)
-    layers = ", ".join(str(i.layer) for i in infos)
-    follow = [
-        FollowUp(
-            tool=WEIGHT_DIFF.name,
-            args={},
-            why=f"pass checkpoint=PATH to see whether layer {layers}, where the SAEs read, changed",
-        )
-    ]
-    return Outcome(result=result, findings=findings, follow_ups=follow)
 
 
 def run_status(ctx: ToolContext, args: SessionStatusInput, reporter: Reporter) -> Outcome[SessionStatus]:

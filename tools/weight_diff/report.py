@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from tools.residual_drift import SPEC as RESIDUAL_DRIFT
+from tools.sae import DIFF as SAE_DIFF
 from tools.weight_diff.layout import MATRIX_ORDER
 from tools.weight_diff.models import (
     EmbeddingCell,
@@ -125,7 +127,22 @@ def _embeddings_and_norms(res: WeightDiffResult) -> str:
 
 def follow_ups(res: WeightDiffResult) -> list[FollowUp]:
     """Next calls (tests check every one against the registry and the tool's input model)."""
-    return []
+    ranked = sorted((r for r in res.rows if r.rel_delta), key=lambda r: r.rel_delta or 0.0, reverse=True)
+    if not ranked:
+        return []
+    layer = ranked[0].layer
+    return [
+        FollowUp(
+            tool=RESIDUAL_DRIFT.name,
+            args={"checkpoint": res.checkpoint},
+            why=f"check whether the weight change moves activations (layer {layer} changed most)",
+        ),
+        FollowUp(
+            tool=SAE_DIFF.name,
+            args={"checkpoint": res.checkpoint},
+            why=f"see which SAE features changed (layer {layer} changed most; needs an SAE loaded with load_sae)",
+        ),
+    ]
 
 
 def _r(x: float | None) -> float | None:
