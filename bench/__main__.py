@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("weight_diff", "watch", "web_mirror", "runtime")
+BENCHES = ("weight_diff", "watch", "web_mirror", "runtime", "analyses")
 
 
 def main(names: list[str]) -> None:
