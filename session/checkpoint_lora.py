@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from session.checkpoint_keys import normalise_key
-from toolserver.contract import ToolError, first_line
+from toolserver.contract import ToolError, first_line, validation_problems
 
 _LORA_PART = re.compile(
     r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(?P<adapter>[^.]+))?$"
@@ -70,8 +70,10 @@ class AdapterConfig(BaseModel):
 def read_adapter_config(path: Path) -> AdapterConfig:
     """Parse adapter_config.json; only LoRA (not DoRA, IA3, LoHa, …) has ΔW = scale · B @ A."""
     try:
-        cfg = AdapterConfig.model_validate(json.loads(path.read_text()))
-    except (OSError, ValueError, ValidationError) as e:
+        cfg = AdapterConfig.model_validate(json.loads(path.read_text(encoding="utf-8-sig")))
+    except ValidationError as e:
+        raise ToolError(f"{path} is not a valid adapter config: {validation_problems(e)}") from None
+    except (OSError, ValueError, RecursionError) as e:
         raise ToolError(f"{path} is not a readable adapter config: {first_line(e)}") from None
     if cfg.peft_type.upper() != "LORA":
         raise ToolError(f"{path}: peft_type {cfg.peft_type} is not supported", "only LoRA adapters have ΔW = scale·B@A")

@@ -13,13 +13,15 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
 import torch
+from isal import isal_zlib
 from safetensors import SafetensorError, safe_open
 
 from session.checkpoint_keys import ALWAYS_TIED, INPUT_EMBEDDINGS, OUTPUT_EMBEDDINGS, normalise_key
@@ -31,7 +33,7 @@ from session.checkpoint_lora import (
     split_adapter_keys,
     target_key,
 )
-from toolserver.contract import ToolError, first_line
+from toolserver.contract import ToolError, first_line, missing
 
 Kind = Literal["full", "lora"]
 _NESTED_STATE_DICTS = ("state_dict", "model_state_dict", "model", "module")
@@ -39,6 +41,7 @@ _STEP_KEYS = ("step", "global_step")
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+SMALL_RECORD = 64 << 20  # zip records other than tensor data (the pickle, version) are CRC-checked whole up to this
 _CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt")  # HF models built from transformers' Conv1D (weight stored in×out)
 
 
@@ -50,6 +53,10 @@ class _Source(Protocol):
     def shape(self, raw_key: str) -> tuple[int, ...]: ...
 
     def tensor(self, raw_key: str) -> torch.Tensor: ...
+
+    def mapped(self, raw_key: str) -> torch.Tensor:
+        """The tensor over the file's mapping, its bytes neither read nor checked (for prefetching)."""
+        ...
 
 
 class _SafetensorsFile:
@@ -79,14 +86,23 @@ class _SafetensorsFile:
         except SafetensorError as e:
             raise ToolError(f"{self.path}[{raw_key}] is unreadable: {first_line(e)}") from None
 
+    def mapped(self, raw_key: str) -> torch.Tensor:
+        return self.tensor(raw_key)  # safetensors has no checksum: reading is mapping
+
 
 class _TorchFile:
-    """torch.load(weights_only=True, mmap=True): tensors stay in the file's mapping until touched."""
+    """torch.load(weights_only=True, mmap=True): tensors stay in the file's mapping until touched.
+
+    A zip-format file's records carry CRC-32s that torch never checks; a storage is checked against its record the
+    first time one of its tensors is read, so a flipped byte is refused rather than read as a wrong number.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         obj = _torch_load(path)
         self.tensors, self.step = _state_dict(obj, path)
+        self._records = _storage_records(path, dict(_all_tensors(obj, "")))
+        self._checked: set[int] = set()
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -95,6 +111,20 @@ class _TorchFile:
         return tuple(self.tensors[raw_key].shape)
 
     def tensor(self, raw_key: str) -> torch.Tensor:
+        t = self.tensors[raw_key]
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in self._records and ptr not in self._checked:
+            record = self._records[ptr]
+            if isal_zlib.crc32((ctypes.c_char * storage.nbytes()).from_address(ptr)) != record.CRC:
+                raise ToolError(
+                    f"{self.path}: tensor {raw_key} fails its CRC-32 check (record {record.filename})",
+                    "the file is damaged; re-save or re-download it",
+                )
+            self._checked.add(ptr)
+        return t
+
+    def mapped(self, raw_key: str) -> torch.Tensor:
         return self.tensors[raw_key]
 
 
@@ -117,6 +147,59 @@ def _torch_load(path: Path) -> Any:
             f"{path} is not a readable torch checkpoint: {first_line(e)}",
             "the file may be truncated or not a torch.save file",
         ) from None
+
+
+def _all_tensors(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor anywhere in a loaded checkpoint (a state dict beside optimizer state, say), by dotted path."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _all_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _all_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def _storage_records(path: Path, tensors: dict[str, torch.Tensor]) -> dict[int, zipfile.ZipInfo]:
+    """Each storage of a zip-format checkpoint (by address) → its data record, after checking that every storage
+    is exactly its record's size. torch.load with mmap maps storages straight from the file and does not compare
+    the two (without mmap it does): a truncated record would be read on into the next one's bytes, as silently
+    wrong numbers. Storages are mapped in file order, so the k-th distinct storage by address is the k-th data
+    record by offset."""
+    if not zipfile.is_zipfile(path):
+        return {}  # the legacy format is never mapped: torch.load checks it
+    with zipfile.ZipFile(path) as z:
+        records = sorted(
+            (i for i in z.infolist() if "/data/" in i.filename and i.file_size), key=lambda i: i.header_offset
+        )
+        for info in z.infolist():  # the pickle names every tensor's shape, dtype and offset: it must be intact too
+            if "/data/" not in info.filename and info.file_size <= SMALL_RECORD:
+                try:
+                    z.read(info)
+                except (zipfile.BadZipFile, OSError, EOFError) as e:
+                    raise ToolError(f"{path}: record {info.filename} is damaged ({first_line(e)})") from None
+    storages: dict[int, tuple[int, list[str]]] = {}
+    for key, t in tensors.items():
+        st = t.untyped_storage()
+        if st.nbytes():
+            storages.setdefault(st.data_ptr(), (st.nbytes(), []))[1].append(key)
+    if len(storages) != len(records):
+        raise ToolError(
+            f"{path}: {len(storages)} tensor storages but {len(records)} data records",
+            "the file is damaged; re-save it",
+        )
+    out: dict[int, zipfile.ZipInfo] = {}
+    for ptr, record in zip(sorted(storages), records, strict=True):
+        nbytes, keys = storages[ptr]
+        if nbytes != record.file_size:
+            raise ToolError(
+                f"{path}: tensor {keys[0]} needs {nbytes} bytes but its record {record.filename} holds "
+                f"{record.file_size}",
+                "the file is truncated or damaged; re-save it",
+            )
+        out[ptr] = record
+    return out
 
 
 def _blocked_global(e: Exception) -> str:
@@ -204,7 +287,8 @@ class CheckpointReader:
     def prefetch(self, key: str) -> None:
         """Start reading a tensor's pages in the background (madvise WILLNEED on its file mapping)."""
         if key in self._index:
-            will_need(self.get(key))
+            source, raw = self._index[key]
+            will_need(source.mapped(raw))
 
     def lora_pairs(self) -> dict[str, LoraPair]:
         """Normalised base-weight key -> its LoRA pair (factors read when asked for)."""
@@ -283,6 +367,9 @@ class _LazyShards:
 
     def tensor(self, raw_key: str) -> torch.Tensor:
         return self._shard(raw_key).tensor(raw_key)
+
+    def mapped(self, raw_key: str) -> torch.Tensor:
+        return self._shard(raw_key).mapped(raw_key)
 
 
 def _trainer_step(directory: Path) -> int | None:
@@ -398,7 +485,7 @@ def open_checkpoint(path: str | Path) -> CheckpointReader:
     p = Path(path).expanduser()
     if not p.exists():
         raise ToolError(
-            f"checkpoint {p} does not exist",
+            f"checkpoint {p} {missing(p)}",
             "pass a .pt/.bin/.safetensors file or a save_pretrained / adapter directory",
         )
     return _open_dir(p) if p.is_dir() else _open_single(p)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from toolserver.contract import ToolError
+from toolserver.contract import ToolError, missing
 
 PROBES_HINT = "probes are a JSON array of strings, JSONL of strings, or JSONL of {instruction, response} rows"
 
@@ -89,7 +89,7 @@ def read_probes(path: str | Path | None) -> ProbeSet:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ToolError(
-            f"probes file {p} does not exist" if not p.exists() else f"probes path {p} is not a file", PROBES_HINT
+            f"probes file {p} {missing(p)}" if not p.exists() else f"probes path {p} is not a file", PROBES_HINT
         )
     try:
         text = p.read_text(encoding="utf-8-sig")

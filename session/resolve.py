@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from session.catalog import CATALOG, CatalogEntry, Kind, for_dir, lookup
-from toolserver.contract import ToolError
+from toolserver.contract import ToolError, missing
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # What a model needs to load: configs, tokenizer files, weights (safetensors first, .bin only if needed)
@@ -62,7 +62,7 @@ def _looks_like_path(spec: str) -> bool:
 def _local_dir(spec: str, path: Path) -> Path:
     if not path.exists():
         raise ToolError(
-            f"model directory {spec} does not exist", "pass a save_pretrained directory, a catalog slug or an HF id"
+            f"model directory {spec} {missing(path)}", "pass a save_pretrained directory, a catalog slug or an HF id"
         )
     if not path.is_dir():
         raise ToolError(

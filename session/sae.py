@@ -21,7 +21,7 @@ from typing import Any, Literal
 from session.model_cache import ModelCache
 from session.models import RAW, Processing, device
 from session.state import Session
-from toolserver.contract import ToolError, first_line
+from toolserver.contract import ToolError, first_line, missing
 
 log = logging.getLogger("trainspect")
 _LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|layer)[._](\d+)(?:\.|/|$)")
@@ -181,9 +181,8 @@ def _load_local(spec: str, path: Path) -> Any:
     from sae_lens.constants import SAE_CFG_FILENAME
 
     if not path.is_dir():
-        raise ToolError(
-            f"SAE directory {spec} does not exist", "pass a directory written by sae.save_model, or release/sae_id"
-        )
+        why = missing(path) if not path.exists() else "is not a directory"
+        raise ToolError(f"SAE directory {spec} {why}", "pass a directory written by sae.save_model, or release/sae_id")
     if not (path / SAE_CFG_FILENAME).is_file():
         raise ToolError(f"SAE directory {spec} has no {SAE_CFG_FILENAME}", "pass a directory written by sae.save_model")
     try:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 
 from toolserver.contract import ToolError, atomic_write, home, locked, now_iso
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole (fullmatch: no trailing newline)
 MAX_HISTORY = 1000  # call records kept per session, oldest dropped first: the file is re-read on every call
 
 
@@ -106,7 +106,8 @@ def session_path(session_id: str) -> Path:
 
 
 def check_id(session_id: str) -> str:
-    if not SESSION_ID.match(session_id):
+    """The one rule for session ids, wherever one arrives (flag, env, pointer file, MCP argument)."""
+    if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
         raise ToolError(
             f"invalid session id {session_id!r}",
             "use letters, digits, '.', '_' or '-' (at most 128 characters)",
@@ -155,21 +156,36 @@ def set_aside(session_id: str) -> Path | None:
             return kept
 
 
+def _pointer() -> Path:
+    return home() / "current"
+
+
 def set_current(session_id: str) -> None:
-    path = home() / "current"
+    """Point at the session; a pointer that is not a file (a directory in its place) is renamed aside first."""
+    path = _pointer()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, session_id)
+    if path.exists() and not path.is_file():
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        os.replace(path, path.with_name(f"current.{stamp}.corrupt"))
+    atomic_write(path, check_id(session_id))
 
 
 def current_session(session_id: str | None = None) -> Session:
     """The named session, else $TRAINSPECT_SESSION, else the last one started."""
     sid = session_id or os.environ.get("TRAINSPECT_SESSION")
     if not sid:
-        p = home() / "current"
+        p = _pointer()
         if not p.exists():
             raise ToolError("no session started", "run: trainspect session start --id ID --model SPEC")
-        sid = p.read_text().strip()
-    return load_session(sid)
+        hint = "run: trainspect session start --id ID --model SPEC, which rewrites it"
+        try:
+            sid = p.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            why = "a directory" if p.is_dir() else f"not text ({type(e).__name__})"
+            raise ToolError(f"the current-session pointer {p} is unreadable: {why}", hint) from None
+        if not SESSION_ID.fullmatch(sid):
+            raise ToolError(f"the current-session pointer {p} names no valid session id ({sid[:40]!r})", hint)
+    return load_session(check_id(sid))
 
 
 def list_sessions() -> list[str]:

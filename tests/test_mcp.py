@@ -71,6 +71,14 @@ async def _exercise(client: Client, models: dict[str, Path]) -> None:
     bad = await client.call_tool("run_weight_diff", {"checkpoint": "/does/not/exist.pt"})
     assert bad.is_error and "/does/not/exist.pt" in bad.content[0].text
 
+    wrong = {"checkpoint": 3, "top_k": "many"}  # both front doors: one line naming each field and what it expected
+    direct = await client.call_tool("run_weight_diff", wrong)
+    started_bad = await client.call_tool("start_tool", {"tool": "run_weight_diff", "args": wrong})
+    for answer in (direct, started_bad):
+        text = answer.content[0].text
+        assert answer.is_error and "\n" not in text and "pydantic" not in text, text
+        assert "invalid arguments for run_weight_diff: checkpoint: Input should be a valid string; top_k: " in text
+
     job = await client.call_tool("start_tool", {"tool": "run_weight_diff", "args": {"checkpoint": str(models["lora"])}})
     call_id = job.structured_content["call_id"]
     for _ in range(600):
@@ -210,5 +218,30 @@ def test_sae_diff_and_residual_drift_over_stdio_stay_small_with_a_16k_feature_sa
             assert not drift.is_error, drift.content
             jsonschema.validate(drift.structured_content, listed["run_residual_drift"].output_schema)
             assert [d["layer"] for d in drift.structured_content["result"]["layers"]] == ["embed", 0, 1]
+
+    anyio.run(main)
+
+
+def test_a_crash_outside_the_runner_ends_a_started_call_with_its_cause(isolated_home: Path, monkeypatch: Any) -> None:
+    import toolserver.mcp_server as mcp_server
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mcp_server, "invoke", crash)
+
+    async def main() -> None:
+        async with Client(mcp_server.build_server()) as client:
+            direct = await client.call_tool("session_status", {})
+            assert direct.is_error and "failed unexpectedly: OSError" in direct.content[0].text
+            assert "No space left on device" in direct.content[0].text
+            job = await client.call_tool("start_tool", {"tool": "session_status", "args": {}})
+            call_id = job.structured_content["call_id"]
+            with anyio.fail_after(10):  # a job that stays "running" fails the test here
+                while (polled := (await client.call_tool("get_result", {"call_id": call_id})).structured_content)[
+                    "status"
+                ] == "running":
+                    await anyio.sleep(0.05)
+            assert polled["status"] == "error" and "No space left on device" in polled["message"]
 
     anyio.run(main)

@@ -149,7 +149,8 @@ def _run_tool(ns: argparse.Namespace) -> int:
 
     spec: ToolSpec[Any, Any] = ns.spec
     mirror = _mirror(ns._mirror, ns._no_mirror)
-    bar = TerminalProgress(spec.command, enabled=ns._output == "table")
+    table = ns._output == "table"
+    bar = TerminalProgress(spec.command, enabled=table, lines=sys.stdout if table else sys.stderr)
     try:
         envelope = invoke(
             spec,

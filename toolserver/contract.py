@@ -13,6 +13,7 @@ on it, and import-linter holds it to that (pyproject.toml, tests/test_layers.py)
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib
 import os
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 SCHEMA_VERSION = 1
 
@@ -54,6 +55,13 @@ def first_line(e: BaseException) -> str:
     """An exception's first line (library messages can run to pages), or its type's name when it says nothing."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def validation_problems(e: ValidationError, limit: int = 5) -> str:
+    """Pydantic's errors as one line, `field: what it expected` each — not its multi-line dump with docs URLs."""
+    errors = e.errors()
+    text = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in errors[:limit])
+    return text + (f"; and {len(errors) - limit} more" if len(errors) > limit else "")
 
 
 class Reporter(Protocol):
@@ -291,6 +299,21 @@ def home() -> Path:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def missing(path: Path) -> str:
+    """Why a path that `exists()` denies is not there, for an error line: a symlink loop or a dangling
+    symlink says so rather than "does not exist"."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a loop this way
+            return "is a symlink loop"
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "is a symlink loop"
+            return f"is a symlink to {os.readlink(path)}, which does not exist"
+    return "does not exist"
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:

@@ -7,6 +7,7 @@ calls (per session), which is what makes a long-lived server faster than repeate
 """
 
 import inspect
+import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -17,16 +18,18 @@ import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError as MCPToolError
-from mcp_types import CallToolResult, TextContent
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver.exceptions import UnexpectedToolError
+from mcp_types import CallToolResult, InputRequiredResult, TextContent
+from pydantic import BaseModel, Field, ValidationError
 
 from session.model_cache import ModelCache
 from session.state import Session, current_session
-from toolserver.contract import Envelope, ToolError, ToolSpec, envelope_model
+from toolserver.contract import Envelope, ToolError, ToolSpec, envelope_model, first_line, validation_problems
 from toolserver.registry import all_tools
 from toolserver.render import render
-from toolserver.runner import invoke, load_result
+from toolserver.runner import invoke, load_result, validate_args
 
+log = logging.getLogger("trainspect")
 LIST_LIMIT = 50  # items per list in an MCP result; the rest is paged through get_result
 TEXT_LIMIT = 12_000  # characters of the readable text block
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -69,6 +72,11 @@ class ServerState:
         return invoke(spec, args, session=sess, models=self.models, mirror=self.mirror, **kw)
 
 
+def unexpected(spec: ToolSpec[Any, Any], e: BaseException) -> str:
+    log.error("%s failed outside the runner", spec.name, exc_info=e)
+    return f"{spec.name} failed unexpectedly: {type(e).__name__}: {first_line(e)}"
+
+
 def _signature(spec: ToolSpec[Any, Any]) -> inspect.Signature:
     params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     for name, f in spec.input_model.model_fields.items():
@@ -90,6 +98,8 @@ def _tool_handler(spec: ToolSpec[Any, Any], state: ServerState) -> Any:
             envelope = await anyio.to_thread.run_sync(run)
         except ToolError as e:
             raise MCPToolError(str(e)) from None
+        except Exception as e:  # the runner turns a tool's crash into a ToolError; this is the net under the runner
+            raise MCPToolError(unexpected(spec, e)) from None
         return compact_result(spec, envelope)
 
     handler.__signature__ = _signature(spec)  # type: ignore[attr-defined]
@@ -159,9 +169,23 @@ def _section(full: dict[str, Any], section: str | None) -> Any:
     return node
 
 
+class _Server(MCPServer):
+    """MCPServer whose argument errors are one line naming each field and what it expected."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except MCPToolError as e:
+            if isinstance(e.__cause__, ValidationError) and not isinstance(e, UnexpectedToolError):
+                raise MCPToolError(f"invalid arguments for {name}: {validation_problems(e.__cause__)}") from e.__cause__
+            raise
+
+
 def build_server(mirror: Any | None = None) -> MCPServer:
     state = ServerState(mirror=mirror)
-    server: MCPServer = MCPServer(name="trainspect", instructions=INSTRUCTIONS)
+    server: MCPServer = _Server(name="trainspect", instructions=INSTRUCTIONS)
     specs = {spec.name: spec for spec in all_tools()}
     for spec in specs.values():
         server.add_tool(
@@ -178,6 +202,10 @@ def build_server(mirror: Any | None = None) -> MCPServer:
         spec = specs.get(tool)
         if spec is None:
             raise MCPToolError(f"unknown tool {tool!r}; available: {', '.join(specs)}")
+        try:
+            validate_args(spec, args)  # a bad argument is an answer now, not a job that fails later
+        except ToolError as e:
+            raise MCPToolError(str(e)) from None
         call_id = uuid.uuid4().hex
         job = Job(tool=tool)
         state.jobs[call_id] = job
@@ -191,6 +219,9 @@ def build_server(mirror: Any | None = None) -> MCPServer:
                 job.status, job.fraction, job.message = "done", 1.0, "done"
             except ToolError as e:
                 job.status, job.error, job.message = "error", str(e), str(e)
+            except Exception as e:  # never "running" forever: every failure ends the call with its cause
+                job.status, job.error = "error", unexpected(spec, e)
+                job.message = job.error
 
         threading.Thread(target=work, name=f"trainspect-{tool}-{call_id[:8]}", daemon=True).start()
         return ResultPage(call_id=call_id, status="running", fraction=0.0, message="started")

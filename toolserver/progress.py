@@ -1,18 +1,22 @@
-"""Progress for people at a terminal: a tqdm bar on stderr, live event lines on stdout."""
+"""Progress for people at a terminal: a tqdm bar on stderr, live event lines beside the result."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
 
 class TerminalProgress:
-    """Shows a bar only on an interactive stderr, so scripts and logs get clean output."""
+    """Shows a bar only on an interactive stderr, so scripts and logs get clean output.
 
-    def __init__(self, label: str, *, enabled: bool = True) -> None:
+    Live lines go to ``lines`` — stdout for a table, stderr when stdout carries JSON for a parser.
+    """
+
+    def __init__(self, label: str, *, enabled: bool = True, lines: TextIO | None = None) -> None:
         self._bar: tqdm | None = None
+        self._lines = lines or sys.stdout
         if enabled and sys.stderr.isatty():
             self._bar = tqdm(
                 total=100,
@@ -34,9 +38,9 @@ class TerminalProgress:
         if text is None:
             return
         if self._bar is not None:
-            self._bar.write(text, file=sys.stdout)
+            self._bar.write(text, file=self._lines)
         else:
-            print(text, flush=True)
+            print(text, file=self._lines, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

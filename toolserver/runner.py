@@ -21,7 +21,17 @@ from pydantic import BaseModel, ValidationError
 from session.context import ToolContext
 from session.model_cache import ModelCache
 from session.state import CallRecord, Session, current_session, load_session
-from toolserver.contract import Envelope, Outcome, ToolError, ToolSpec, atomic_write, home, now_iso
+from toolserver.contract import (
+    Envelope,
+    Outcome,
+    ToolError,
+    ToolSpec,
+    atomic_write,
+    first_line,
+    home,
+    now_iso,
+    validation_problems,
+)
 from web_mirror.events import Event
 
 log = logging.getLogger("trainspect")
@@ -43,10 +53,7 @@ def validate_args(spec: ToolSpec[Any, Any], args: dict[str, Any] | BaseModel) ->
     try:
         return spec.input_model.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in e.errors()
-        )
-        raise ToolError(f"invalid arguments for {spec.name}: {problems}") from None
+        raise ToolError(f"invalid arguments for {spec.name}: {validation_problems(e)}") from None
 
 
 class _Reporter:
@@ -131,27 +138,28 @@ def invoke(
         slim = spec.slim(outcome.result)
         if not isinstance(slim, spec.slim_model):
             raise TypeError(f"{spec.name}'s slim() returned {type(slim).__name__}, not its {spec.slim_model.__name__}")
+        envelope = Envelope[spec.output_model](  # type: ignore[name-defined]
+            tool=spec.name,
+            call_id=call.call_id,
+            created_at=created_at,
+            duration_s=round(time.perf_counter() - started, 4),
+            session=session_id if spec.session_arg else (sess.id if sess else None),
+            inputs=inputs.model_dump(mode="json"),
+            result=outcome.result,
+            findings=outcome.findings,
+            follow_ups=outcome.follow_ups,
+        )
+        full = envelope.model_dump(mode="json")
+        _store_result(call.call_id, full)
     except ToolError as e:
         _fail(call, spec, sess, created_at, started, e)
         raise
     except Exception as e:  # a bug, not bad input: one line for the user, the traceback in the log file
-        err = ToolError(f"{spec.name} failed unexpectedly: {type(e).__name__}: {e}", f"details in {_log_crash(call)}")
+        err = ToolError(
+            f"{spec.name} failed unexpectedly: {type(e).__name__}: {first_line(e)}", f"details in {_log_crash(call)}"
+        )
         _fail(call, spec, sess, created_at, started, err)
         raise err from None
-    duration = time.perf_counter() - started
-    envelope = Envelope[spec.output_model](  # type: ignore[name-defined]
-        tool=spec.name,
-        call_id=call.call_id,
-        created_at=created_at,
-        duration_s=round(duration, 4),
-        session=session_id if spec.session_arg else (sess.id if sess else None),
-        inputs=inputs.model_dump(mode="json"),
-        result=outcome.result,
-        findings=outcome.findings,
-        follow_ups=outcome.follow_ups,
-    )
-    full = envelope.model_dump(mode="json")
-    _store_result(call.call_id, full)
     call.send(
         "tool.result",
         {
@@ -197,6 +205,16 @@ def _record(
     if sess is None:
         return
     try:
+        _append(sess, spec, call_id, created_at, ok=ok, name=name)
+    except (
+        OSError,
+        ToolError,
+    ) as e:  # the call itself is done and stored: a history it cannot write is said, not fatal
+        log.warning("trainspect: call %s not recorded in session %s's history (%s)", call_id, sess.id, e)
+
+
+def _append(sess: Session, spec: ToolSpec[Any, Any], call_id: str, created_at: str, *, ok: bool, name: Any) -> None:
+    try:
         fresh = load_session(sess.id)
     except ToolError:
         return  # the session was removed (or never persisted) meanwhile: nothing to record into
@@ -219,8 +237,13 @@ def _created_session(spec: ToolSpec[Any, Any], session_id: str | None) -> Sessio
 
 def _store_result(call_id: str, full: dict[str, Any]) -> None:
     d = results_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write(d / f"{call_id}.json", json.dumps(full))
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write(d / f"{call_id}.json", json.dumps(full))
+    except OSError as e:
+        raise ToolError(
+            f"cannot store the result in {d}: {e.strerror or e}", "check $TRAINSPECT_HOME is writable"
+        ) from None
 
 
 def load_result(call_id: str) -> dict[str, Any]:

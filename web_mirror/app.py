@@ -43,6 +43,13 @@ STREAM_BATCH = 500
 RECONNECT_MS = 1000  # how soon a page's EventSource retries after a dropped stream (the browser's default is ~3 s)
 COALESCE_S = 0.005  # after a wake-up, let a burst of single-event POSTs gather into one stream message
 _ID = {"min_length": 1, "max_length": 200}
+SEQ_MAX = 2**63 - 1  # SQLite's INTEGER: a larger cursor cannot name an event
+
+
+def _seq(value: str | None) -> str | None:
+    if value and int(value) > SEQ_MAX:
+        raise ValueError(f"a seq is at most {SEQ_MAX}")
+    return value
 
 
 def _not_too_deep(data: dict[str, Any]) -> dict[str, Any]:
@@ -310,12 +317,16 @@ def create_app(
     )
     async def session_stream(
         session_id: str,
-        after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,
-        last_event_id: Annotated[str | None, Header(description="set by a reconnecting EventSource")] = None,
+        after: Annotated[int, Query(ge=0, le=SEQ_MAX, description="send events with seq > after")] = 0,
+        last_event_id: Annotated[
+            str | None,
+            Header(pattern=r"^[0-9]{0,19}$", description="set by a reconnecting EventSource: a seq this stream sent"),
+            AfterValidator(_seq),
+        ] = None,
     ) -> AsyncIterator[ServerSentEvent]:
         """The session's events as SSE: `event: mirror`, data = a JSON array of events in order (each without
         its full result), id = the seq of the last one, so Last-Event-ID resumes right after it."""
-        cursor = max(after, int(last_event_id) if last_event_id and last_event_id.isdigit() else 0)
+        cursor = max(after, int(last_event_id or 0))
         yield ServerSentEvent(comment="trainspect mirror", retry=RECONNECT_MS)
         while True:
             changed = hub.changed

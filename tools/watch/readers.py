@@ -26,6 +26,9 @@ from toolserver.contract import ToolError
 Format = Literal["jsonl", "trainer_state", "csv"]
 CHUNK = 8 << 20
 FORMAT_HINT = "watch reads JSONL step events, a Hugging Face trainer_state.json or a Lightning metrics.csv"
+TOO_DEEP = "nested too deeply to read"
+FIRST_LINE_CAP = 64 << 20  # format sniffing reads the first line whole, up to this
+HEAD = 4096  # bytes of the file's start remembered, to notice it was truncated or rewritten
 
 
 class BadLine(BaseModel):
@@ -38,6 +41,7 @@ class ReadBatch:
     snapshots: list[tuple[int, StepSnapshot]] = field(default_factory=list)
     bad: list[BadLine] = field(default_factory=list)
     skipped: int = 0  # rows without a training loss
+    restarted: bool = False  # the file no longer begins with what was read (truncated, rewritten): read from its start
 
 
 class Reader(Protocol):
@@ -68,6 +72,8 @@ def parse_row(row: Any, line: int, batch: ReadBatch) -> None:
         batch.snapshots.append((line, StepSnapshot.model_validate(row)))
     except ValidationError as e:
         batch.bad.append(BadLine(line=line, error=_first_error(e)))
+    except RecursionError:
+        batch.bad.append(BadLine(line=line, error=TOO_DEEP))
 
 
 def parse_jsonl_line(raw: bytes, line: int, batch: ReadBatch) -> None:
@@ -77,12 +83,15 @@ def parse_jsonl_line(raw: bytes, line: int, batch: ReadBatch) -> None:
     try:  # fast path: pydantic's own JSON parser (accepts NaN/Infinity tokens)
         batch.snapshots.append((line, StepSnapshot.model_validate_json(text)))
         return
-    except ValidationError:
+    except (ValidationError, RecursionError):
         pass
     try:
         row = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         batch.bad.append(BadLine(line=line, error=f"invalid JSON: {e}"))
+        return
+    except RecursionError:
+        batch.bad.append(BadLine(line=line, error=TOO_DEEP))
         return
     parse_row(row, line, batch)
 
@@ -91,7 +100,7 @@ def _complete(tail: bytes) -> bool:
     """An unterminated last line that is already a whole JSON document (a file not ending in a newline)."""
     try:
         json.loads(tail)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -102,8 +111,9 @@ class JsonlReader:
 
     format: Format = "jsonl"
 
-    def __init__(self, path: Path, offset: int = 0, line: int = 0, unterminated: int = 0) -> None:
+    def __init__(self, path: Path, offset: int = 0, line: int = 0, unterminated: int = 0, head: str = "") -> None:
         self.path, self.offset, self.line = path, offset, line
+        self._head = bytes.fromhex(head)  # the file's first bytes as read (up to HEAD)
         self._size = 0
         self._more = False  # the last read stopped at a chunk boundary, not at the end of the file
         self._unterminated = bool(unterminated)  # the last line was taken before its newline arrived
@@ -111,9 +121,21 @@ class JsonlReader:
     def read(self, *, final: bool, max_bytes: int = CHUNK) -> ReadBatch:
         batch = ReadBatch()
         with open(self.path, "rb") as f:
-            self._size = os.fstat(f.fileno()).st_size
-            f.seek(self.offset)
-            data = f.read(max_bytes)
+            fd = f.fileno()
+            self._size = os.fstat(fd).st_size
+            if self.offset and (self._size < self.offset or os.pread(fd, len(self._head), 0) != self._head):
+                # truncated or rewritten (a restarted StepLogger truncates its file): start again from the top
+                batch.restarted = True
+                self.offset, self.line, self._unterminated, self._head = 0, 0, False, b""
+            while not self._consume(os.pread(fd, max_bytes, self.offset), batch, final):
+                max_bytes *= 4  # one line longer than the chunk: read it whole
+            if len(self._head) < HEAD:  # the file's first bytes as consumed, to notice a rewrite next time
+                self._head = os.pread(fd, min(self.offset, HEAD), 0)
+        return batch
+
+    def _consume(self, data: bytes, batch: ReadBatch, final: bool) -> bool:
+        """Parse the complete lines of `data` (read at the offset); False when it holds no line end and more of
+        the file follows (the caller reads more), else True."""
         if self._unterminated and data:
             skip = 2 if data.startswith(b"\r\n") else 1 if data[:1] == b"\n" else 0  # ends a line already read
             self.offset, data, self._unterminated = self.offset + skip, data[skip:], False
@@ -124,9 +146,7 @@ class JsonlReader:
             end = len(data)
             self._unterminated = True
         if end == 0:
-            if data and not at_eof:  # one line longer than a chunk: read it whole
-                return self.read(final=final, max_bytes=max_bytes * 4)
-            return batch
+            return not (data and not at_eof)
         chunk = data[:end]
         lines = chunk.split(b"\n")
         if chunk.endswith(b"\n"):
@@ -135,7 +155,7 @@ class JsonlReader:
             self.line += 1
             parse_jsonl_line(raw, self.line, batch)
         self.offset += end
-        return batch
+        return True
 
     def pending(self) -> bool:
         """More of the file remains beyond this chunk (a replay reads in chunks)."""
@@ -144,8 +164,13 @@ class JsonlReader:
     def progress(self) -> float:
         return self.offset / self._size if self._size else 1.0
 
-    def cursor(self) -> dict[str, int]:
-        return {"offset": self.offset, "line": self.line, "unterminated": int(self._unterminated)}
+    def cursor(self) -> dict[str, Any]:
+        return {
+            "offset": self.offset,
+            "line": self.line,
+            "unterminated": int(self._unterminated),
+            "head": self._head.hex(),
+        }
 
 
 class TableReader:
@@ -169,13 +194,15 @@ class TableReader:
             return ReadBatch()  # mid-write: try again on the next change
         self._stamp = stamp
         batch = ReadBatch()
+        if len(rows) < self.consumed:  # rewritten shorter: a new run in the same file
+            batch.restarted, self.consumed = True, 0
         for line, row in rows[self.consumed :]:
             parse_row(row, line, batch)
         self.consumed = max(self.consumed, len(rows))
         return batch
 
     def _rows(self, final: bool) -> list[tuple[int, Any]]:
-        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        text = self.path.read_bytes().decode("utf-8-sig", errors="replace")  # a BOM is not part of the header
         if self.format == "csv":
             if not final:
                 text = text[: text.rfind("\n") + 1]  # a row still being written waits
@@ -184,6 +211,8 @@ class TableReader:
             state = json.loads(text)
         except ValueError as e:
             raise ToolError(f"{self.path} is not valid JSON: {e}", FORMAT_HINT) from None
+        except RecursionError:
+            raise ToolError(f"{self.path} is {TOO_DEEP}", FORMAT_HINT) from None
         history = state.get("log_history") if isinstance(state, dict) else None
         if not isinstance(history, list):
             raise ToolError(f"{self.path} has no log_history list", "expected a Hugging Face trainer_state.json")
@@ -223,11 +252,12 @@ def detect_format(path: Path) -> Format:
     if path.suffix.lower() == ".csv":
         return "csv"
     with open(path, "rb") as f:
-        head = f.read(64 << 10)
-    first = head.split(b"\n", 1)[0].strip()
+        first = f.readline(FIRST_LINE_CAP).removeprefix(b"\xef\xbb\xbf").strip()  # the whole first line, however long
+        f.seek(0)
+        head = f.read(64 << 10).removeprefix(b"\xef\xbb\xbf")
     try:
         row = json.loads(first) if first else None
-    except ValueError:
+    except (ValueError, RecursionError):
         row = None
     if isinstance(row, dict):
         return "trainer_state" if "log_history" in row else "jsonl"
@@ -238,8 +268,10 @@ def detect_format(path: Path) -> Format:
     return "jsonl"
 
 
-def open_reader(path: Path, fmt: Format, cursor: dict[str, int] | None = None) -> JsonlReader | TableReader:
+def open_reader(path: Path, fmt: Format, cursor: dict[str, Any] | None = None) -> JsonlReader | TableReader:
     cursor = cursor or {}
     if fmt == "jsonl":
-        return JsonlReader(path, cursor.get("offset", 0), cursor.get("line", 0), cursor.get("unterminated", 0))
+        return JsonlReader(
+            path, cursor.get("offset", 0), cursor.get("line", 0), cursor.get("unterminated", 0), cursor.get("head", "")
+        )
     return TableReader(path, fmt, cursor.get("consumed", 0))

@@ -67,41 +67,53 @@ def _open(path: Path, args: WatchInput, config: EngineConfig) -> tuple[RunWatche
     return RunWatcher(path, fmt, config, state), state is not None, [why] if why else []
 
 
-def _replay(watcher: RunWatcher, live: LiveOutput, reporter: Reporter, final: bool) -> tuple[int, list[Signal]]:
+class _Tally:
+    """Steps and signals of this call; a restart of the file starts the count again with the new run."""
+
+    def __init__(self, watcher: RunWatcher) -> None:
+        self.watcher, self.steps = watcher, 0
+        self.fired: list[Signal] = []
+        self._restarts = watcher.restarts
+
+    def poll(self, live: LiveOutput, final: bool) -> int:
+        n, signals = self.watcher.poll(final=final, on_step=live.on_step)
+        if self.watcher.restarts != self._restarts:
+            self._restarts, self.steps, self.fired = self.watcher.restarts, 0, []
+        self.steps += n
+        self.fired.extend(signals)
+        return n
+
+
+def _replay(watcher: RunWatcher, live: LiveOutput, reporter: Reporter, final: bool) -> _Tally:
     """Read to the end of the file. final=False (since_last: the run may still be writing) leaves a
     half-written last line for the next call."""
-    steps, fired = 0, []
+    tally = _Tally(watcher)
     while True:
-        n, signals = watcher.poll(final=final, on_step=live.on_step)
-        steps += n
-        fired.extend(signals)
+        tally.poll(live, final)
         reporter.progress(
             watcher.progress(),
             f"step {watcher.summary.last_step}: {watcher.summary.steps_seen} steps, "
             f"{sum(watcher.summary.signals_by_type.values())} signals",
         )
         if not watcher.pending():
-            return steps, fired
+            return tally
 
 
-def _follow(watcher: RunWatcher, live: LiveOutput, args: WatchInput) -> tuple[int, list[Signal]]:
-    steps, fired = 0, []
+def _follow(watcher: RunWatcher, live: LiveOutput, args: WatchInput) -> _Tally:
+    tally = _Tally(watcher)
     last_data = time.monotonic()
     try:
         while True:
-            n, signals = watcher.poll(final=False, on_step=live.on_step)
-            steps += n
-            fired.extend(signals)
-            if n or watcher.pending():
+            if tally.poll(live, final=False) or watcher.pending():
                 last_data = time.monotonic()
                 continue
             if args.idle_timeout_s and time.monotonic() - last_data > args.idle_timeout_s:
                 break
             time.sleep(POLL_S)
-        n, signals = watcher.poll(final=True, on_step=live.on_step)  # a last line the writer never ended
-        return steps + n, fired + signals
+        tally.poll(live, final=True)  # a last line the writer never ended
     except KeyboardInterrupt:  # Ctrl-C ends a follow cleanly: the summary still prints
-        return steps, fired
+        pass
+    return tally
 
 
 def run(ctx: ToolContext, args: WatchInput, reporter: Reporter) -> Outcome[WatchResult]:
@@ -123,10 +135,8 @@ def run(ctx: ToolContext, args: WatchInput, reporter: Reporter) -> Outcome[Watch
         raise ToolError(f"no metrics file at {path}", FORMAT_HINT)
     watcher, resumed, notes = _open(path, args, config)
     live = LiveOutput(reporter, run_name, args.follow)
-    if args.follow:
-        steps, fired = _follow(watcher, live, args)
-    else:
-        steps, fired = _replay(watcher, live, reporter, final=not args.since_last)
+    tally = _follow(watcher, live, args) if args.follow else _replay(watcher, live, reporter, not args.since_last)
+    steps, fired = tally.steps, tally.fired
     summary = watcher.summary
     if summary.steps_seen == 0 and not (args.follow or args.since_last):  # a live run may not have logged yet
         raise ToolError(_no_steps(path, summary), FORMAT_HINT)
@@ -142,7 +152,7 @@ def run(ctx: ToolContext, args: WatchInput, reporter: Reporter) -> Outcome[Watch
         signals=pick(fired, args.max_signals),
         signals_total=len(fired),
         groups=group(fired),
-        notes=notes,
+        notes=notes + watcher.notes,
         series=Series(**watcher.sampler.series()),
     )
     reporter.emit(WATCH_EVENTS.type("summary"), {"run": run_name, "summary": summary.model_dump(mode="json")})

@@ -162,6 +162,8 @@ class RunWatcher:
 
     def __init__(self, path: Path, fmt: Format, config: EngineConfig, state: dict[str, Any] | None = None) -> None:
         self.path, self.format = path, fmt
+        self.notes: list[str] = []
+        self.restarts = 0
         if state:
             self.engine = SignalEngine.from_state(state["engine"])
             self.summary = RunSummary.model_validate(state["summary"])
@@ -178,6 +180,8 @@ class RunWatcher:
     ) -> tuple[int, list[Signal]]:
         """Read one batch; returns (steps processed, signals fired)."""
         batch = self.reader.read(final=final)
+        if batch.restarted:
+            self._restart()
         self.summary.add_batch_issues(batch)
         fired: list[Signal] = []
         engine, summary, sampler = self.engine, self.summary, self.sampler
@@ -197,6 +201,18 @@ class RunWatcher:
             if on_step is not None:
                 on_step(snap, signals)
         return steps, fired
+
+    def _restart(self) -> None:
+        """The file was truncated or rewritten (a restarted run): what follows is a new run, watched afresh."""
+        s = self.summary
+        before = f"steps {s.first_step}–{s.last_step}" if s.steps_seen else "no steps"
+        self.notes.append(
+            f"{self.path.name} was truncated or rewritten after {s.steps_seen} steps ({before}); read "
+            "again from its start as a new run (the summary and series cover the new content)"
+        )
+        self.engine = SignalEngine(self.engine.config)
+        self.summary, self.sampler = RunSummary(), SeriesSampler()
+        self.restarts += 1
 
     def pending(self) -> bool:
         return self.reader.pending()

@@ -17,7 +17,7 @@ import torch
 from session.checkpoint_lora import LoraPair
 from session.checkpoints import Alignment, CheckpointReader
 from tools.weight_diff.layout import MATRIX_ORDER, Part, place
-from tools.weight_diff.models import MatrixRow, TensorRow, TopChange, Totals
+from tools.weight_diff.models import MatrixRow, NonFiniteTensor, TensorRow, TopChange, Totals
 from tools.weight_diff.spectral import Spectrum, dense_spectrum, lowrank_spectrum
 from toolserver.contract import Reporter
 
@@ -148,22 +148,50 @@ class Measured:
         return self.fro / self.base_fro if self.base_fro > 0 else None
 
 
+def _bad(t: torch.Tensor) -> int:
+    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+
+
+def _count_nonfinite(key: str, old: torch.Tensor, new: torch.Tensor | None, pair: LoraPair | None) -> NonFiniteTensor:
+    """Where the NaN/inf are (one more pass, only over a tensor already known to hold some)."""
+    if pair is None:
+        assert new is not None
+        return NonFiniteTensor(key=key, numel=new.numel(), checkpoint=_bad(new), base=_bad(old))
+    a, b = pair.left(), pair.right()
+    note = None if math.isfinite(pair.scale) else f"LoRA scale is {pair.scale} (lora_alpha {pair.alpha}, r {pair.rank})"
+    return NonFiniteTensor(
+        key=key, numel=a.numel() + b.numel(), checkpoint=_bad(a) + _bad(b), base=_bad(old), note=note
+    )
+
+
 @dataclass
 class Collected:
     measured: list[Measured] = field(default_factory=list)
+    nonfinite: list[NonFiniteTensor] = field(default_factory=list)
     compared: int = 0
     unchanged: int = 0
     skipped_non_float: list[str] = field(default_factory=list)
+
+
+class NonFiniteValues(Exception):
+    """A tensor (or LoRA factor, or scale) holds NaN or inf: it is counted and named, never measured."""
+
+
+def _finite(*values: float) -> None:
+    if not all(math.isfinite(v) for v in values):
+        raise NonFiniteValues
 
 
 def _measure_dense(key: str, old: torch.Tensor, new: torch.Tensor, work: Workspace) -> list[Measured]:
     placement = place(key, tuple(old.shape))
     if old.dim() < 2:
         _, fro2, base2 = work.delta_and_norms(new, old)
+        _finite(fro2, base2)
         return [Measured(key, placement.section, None, None, tuple(old.shape), math.sqrt(fro2), math.sqrt(base2), None)]
     out = []
     for part in placement.parts or (Part("other"),):
         op = DeltaOperator(old, new, part.cols, work)
+        _finite(op.fro, op.base_fro)  # a NaN or inf anywhere makes the sums non-finite: no σ_max is attempted
         matrix = part.matrix if placement.section == "layer" else None
         out.append(
             Measured(key, placement.section, placement.layer, matrix, op.full_shape, op.fro, op.base_fro, _spectrum(op))
@@ -180,6 +208,8 @@ def _spectrum(op: DeltaOperator) -> Spectrum:
 def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor, work: Workspace) -> list[Measured]:
     placement = place(key, tuple(old.shape))
     left, right = pair.left(), pair.right()
+    if not (math.isfinite(pair.scale) and bool(torch.isfinite(left).all()) and bool(torch.isfinite(right).all())):
+        raise NonFiniteValues
     out = []
     for part in placement.parts or (Part("other"),):
         r, w = (
@@ -188,6 +218,8 @@ def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor, work: Workspace) 
             else (right[:, part.cols[0] : part.cols[1]], old[:, part.cols[0] : part.cols[1]])
         )
         spectrum = lowrank_spectrum(left, r, pair.scale)
+        base_norm = work.norm(w)
+        _finite(base_norm)
         matrix = part.matrix if placement.section == "layer" else None
         out.append(
             Measured(
@@ -197,7 +229,7 @@ def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor, work: Workspace) 
                 matrix,
                 (w.shape[0], w.shape[1]),
                 spectrum.fro,
-                work.norm(w),
+                base_norm,
                 spectrum,
                 lora_rank=pair.rank,
             )
@@ -279,14 +311,19 @@ def _collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment,
             reporter.progress(0.05 + 0.9 * i / max(1, len(work)), f"comparing {key} ({i + 1}/{len(work)})")
             reader.advance(i)
             old = base.get(key)
-            if pair is not None:
-                measured = _measure_lora(key, pair, old, workspace)
-            else:
-                new = ckpt.get(key)
-                if not (old.is_floating_point() and new.is_floating_point()):
-                    out.skipped_non_float.append(key)
-                    continue
-                measured = _measure_dense(key, old, new, workspace)
+            new = ckpt.get(key) if pair is None else None
+            if new is not None and not (old.is_floating_point() and new.is_floating_point()):
+                out.skipped_non_float.append(key)
+                continue
+            try:
+                measured = (
+                    _measure_lora(key, pair, old, workspace)
+                    if pair is not None
+                    else _measure_dense(key, old, new, workspace)
+                )
+            except NonFiniteValues:
+                out.nonfinite.append(_count_nonfinite(key, old, new, pair))
+                continue
             out.compared += 1
             out.unchanged += all(m.fro == 0 for m in measured)
             out.measured.extend(measured)
@@ -360,4 +397,5 @@ def totals(collected: Collected, aligned: Alignment) -> Totals:
         only_in_checkpoint_keys=aligned.only_in_checkpoint[:_SAMPLE],
         tied=aligned.tied,
         skipped_non_float=collected.skipped_non_float,
+        nonfinite=len(collected.nonfinite),
     )

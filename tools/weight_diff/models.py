@@ -47,6 +47,16 @@ class TensorRow(BaseModel):
     sigma_max: float | None = None
 
 
+class NonFiniteTensor(BaseModel):
+    """A tensor with NaN or inf values: named, counted, and left out of every norm."""
+
+    key: str
+    numel: int = Field(description="elements of the checkpoint's tensor (LoRA: of both factors)")
+    checkpoint: int = Field(description="NaN/inf elements in the checkpoint's tensor (LoRA: in its factors)")
+    base: int = Field(description="NaN/inf elements in the base's tensor")
+    note: str | None = Field(None, description="e.g. a non-finite LoRA scale from the adapter config")
+
+
 class TopChange(BaseModel):
     label: str = Field(description="e.g. 'layer 3 MLP out' or the tensor name outside layers")
     key: str
@@ -66,6 +76,9 @@ class Totals(BaseModel):
     only_in_checkpoint_keys: list[str] = Field(description="first 20")
     tied: list[str] = Field(description="output embeddings tied to the input embedding, counted once")
     skipped_non_float: list[str] = Field(description="integer/bool buffers, not compared")
+    nonfinite: int = Field(
+        0, description="tensors holding NaN/inf, left out of every norm (see the result's nonfinite)"
+    )
 
 
 class WeightDiffResult(BaseModel):
@@ -80,6 +93,7 @@ class WeightDiffResult(BaseModel):
     norms: list[TensorRow] = Field(description="norm weights and biases (all 1-D tensors)")
     other: list[TensorRow] = Field(description="matrices outside the layers (pooler, heads)")
     top_changed: list[TopChange]
+    nonfinite: list[NonFiniteTensor] = Field(default_factory=list, description="tensors with NaN/inf values")
     totals: Totals
 
 

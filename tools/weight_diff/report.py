@@ -37,15 +37,16 @@ def _layer_energy(rows: list[MatrixRow]) -> dict[int, float]:
 
 def findings(res: WeightDiffResult) -> list[Finding]:
     t = res.totals
+    bad = _nonfinite(res)
+    if bad and not t.tensors_compared:
+        return [bad]
     if t.tensors_compared and t.unchanged == t.tensors_compared:
-        return [
-            Finding(
-                text=f"The checkpoint is identical to the base: all {t.tensors_compared} compared tensors are "
-                f"unchanged.",
-                severity="warn",
-            )
-        ]
-    out: list[Finding] = []
+        identical = Finding(
+            text=f"The checkpoint is identical to the base: all {t.tensors_compared} compared tensors are unchanged.",
+            severity="warn",
+        )
+        return [bad, identical] if bad else [identical]
+    out: list[Finding] = [bad] if bad else []
     changed = [r for r in res.rows if r.fro_delta > 0]
     ranked = sorted((r for r in changed if r.rel_delta is not None), key=lambda r: r.rel_delta or 0.0, reverse=True)
     if ranked:
@@ -100,6 +101,22 @@ def findings(res: WeightDiffResult) -> list[Finding]:
             )
         )
     return out
+
+
+def _nonfinite(res: WeightDiffResult) -> Finding | None:
+    """NaN/inf in any tensor: critical, named, and said to be out of every norm (never read as 'unchanged')."""
+    if not res.nonfinite:
+        return None
+    named = "; ".join(
+        f"{n.key} ({n.note or f'{n.checkpoint} of {n.numel} values in the checkpoint, {n.base} in the base'})"
+        for n in res.nonfinite[:4]
+    )
+    more = f" and {len(res.nonfinite) - 4} more" if len(res.nonfinite) > 4 else ""
+    return Finding(
+        severity="critical",
+        text=f"{len(res.nonfinite)} tensor{'s' if len(res.nonfinite) > 1 else ''} with NaN or inf, left out of every "
+        f"norm below: {named}{more}.",
+    )
 
 
 def _embeddings_and_norms(res: WeightDiffResult) -> str:
@@ -206,6 +223,12 @@ def table(res: WeightDiffResult) -> str:
     lines += ["", f"norms and biases: {len(changed)} of {len(res.norms)} changed"]
     if changed:
         lines += [header, *_tensor_lines(changed[:5])]
+    if res.nonfinite:
+        lines += ["", f"non-finite, left out of every norm: {len(res.nonfinite)} tensors"]
+        lines += [
+            f"  {n.key:<44} {n.note or f'{n.checkpoint}/{n.numel} NaN/inf in the checkpoint, {n.base} in the base'}"
+            for n in res.nonfinite[:20]
+        ]
     lines += ["", "top changed (by ‖ΔW‖/‖W‖):"]
     lines += [
         f"  {i + 1:>2}. {t.label:<28} {t.rel_delta:.4g}  (‖ΔW‖_F {t.fro_delta:.4g}, stable rank {_g(t.stable_rank)})"

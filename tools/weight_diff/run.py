@@ -42,6 +42,7 @@ def run(ctx: ToolContext, args: WeightDiffInput, reporter: Reporter) -> Outcome[
             norms=compute.tensor_rows(collected, ("norm", "bias")),
             other=compute.tensor_rows(collected, ("other",)),
             top_changed=compute.top_changed(collected, args.top_k),
+            nonfinite=collected.nonfinite,
             totals=compute.totals(collected, aligned),
         )
     reporter.progress(1.0, f"compared {result.totals.tensors_compared} tensors")
