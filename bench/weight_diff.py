@@ -36,9 +36,10 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GB = 1e9
 
 
-def llama_shapes(layers: int) -> dict[str, tuple[int, ...]]:
-    h, i, v = LLAMA["hidden"], LLAMA["intermediate"], LLAMA["vocab"]
-    kv = h // LLAMA["heads"] * LLAMA["kv_heads"]
+def llama_shapes(layers: int, dims: dict[str, int] = LLAMA) -> dict[str, tuple[int, ...]]:
+    """A Llama checkpoint's tensor names and shapes, as save_pretrained writes them."""
+    h, i, v = dims["hidden"], dims["intermediate"], dims["vocab"]
+    kv = h // dims["heads"] * dims["kv_heads"]
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
     for n in range(layers):
         p = f"model.layers.{n}."

@@ -36,6 +36,7 @@ from session.checkpoint_lora import (
 from toolserver.contract import ToolError, first_line, missing
 
 Kind = Literal["full", "lora"]
+StepSource = Literal["file", "trainer_state"]
 _NESTED_STATE_DICTS = ("state_dict", "model_state_dict", "model", "module")
 _STEP_KEYS = ("step", "global_step")
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -264,6 +265,7 @@ class CheckpointReader:
     path: Path
     kind: Kind
     step: int | None = None
+    step_source: StepSource | None = None  # where `step` was read: the weights file, or trainer_state.json beside it
     config: dict[str, Any] | None = None  # config.json of a save_pretrained directory
     adapter: AdapterConfig | None = None
     tied: list[str] = field(default_factory=list)  # output embeddings dropped as aliases of the input one
@@ -284,11 +286,15 @@ class CheckpointReader:
         source, raw = self._entry(key)
         return source.tensor(raw)
 
+    def mapped(self, key: str) -> torch.Tensor:
+        """The tensor over its file's mapping, its bytes neither read nor checked: for reading ahead only."""
+        source, raw = self._entry(key)
+        return source.mapped(raw)
+
     def prefetch(self, key: str) -> None:
         """Start reading a tensor's pages in the background (madvise WILLNEED on its file mapping)."""
         if key in self._index:
-            source, raw = self._index[key]
-            will_need(source.mapped(raw))
+            will_need(self.mapped(key))
 
     def lora_pairs(self) -> dict[str, LoraPair]:
         """Normalised base-weight key -> its LoRA pair (factors read when asked for)."""
@@ -406,7 +412,15 @@ def _open_adapter(directory: Path) -> CheckpointReader:
         pairs[pair.target] = pair
     plain = [k for k in rest if ".original_module." not in k]
     index = _index_sources(weights, [(source, plain)], rename=_strip_modules_to_save)
-    reader = CheckpointReader(path=directory, kind="lora", step=_trainer_step(directory), adapter=cfg, _index=index)
+    step = _trainer_step(directory)
+    reader = CheckpointReader(
+        path=directory,
+        kind="lora",
+        step=step,
+        step_source="trainer_state" if step is not None else None,
+        adapter=cfg,
+        _index=index,
+    )
     reader._pairs = pairs
     return reader
 
@@ -456,13 +470,16 @@ def _open_dir(directory: Path) -> CheckpointReader:
                 path=directory,
                 kind="full",
                 step=step,
+                step_source="trainer_state" if step is not None else None,
                 config=config,
                 _index=_index_sources(directory, [(shards, shards.keys())]),
             )
     for name in _SINGLE_FILES:
         if (directory / name).is_file():
-            reader = _open_single(directory / name)
-            reader.path, reader.config, reader.step = directory, config, step if step is not None else reader.step
+            reader = _open_single(directory / name)  # a step stored in the weights file wins over the trainer's
+            reader.path, reader.config = directory, config
+            if reader.step is None and step is not None:
+                reader.step, reader.step_source = step, "trainer_state"
             return reader
     raise ToolError(
         f"{directory} holds no model weights", f"expected {', '.join(_SINGLE_FILES + _INDEXES)} or adapter_config.json"
@@ -472,7 +489,13 @@ def _open_dir(directory: Path) -> CheckpointReader:
 def _open_single(path: Path) -> CheckpointReader:
     source = _open_file(path)
     step = source.step if isinstance(source, _TorchFile) else _metadata_step(source.metadata)
-    return CheckpointReader(path=path, kind="full", step=step, _index=_index_sources(path, [(source, source.keys())]))
+    return CheckpointReader(
+        path=path,
+        kind="full",
+        step=step,
+        step_source="file" if step is not None else None,
+        _index=_index_sources(path, [(source, source.keys())]),
+    )
 
 
 def _metadata_step(metadata: dict[str, str]) -> int | None:
@@ -499,6 +522,8 @@ class Alignment:
     only_in_base: list[str]
     only_in_checkpoint: list[str]
     tied: list[str]
+    mismatched: tuple[str, ...] = ()  # lenient only: "key [ckpt shape] vs base [base shape]", left out of common
+    missing_targets: tuple[str, ...] = ()  # lenient only: LoRA targets the base lacks, left out of lora_pairs()
 
 
 def apply_ties(base: CheckpointReader, *others: CheckpointReader) -> None:
@@ -516,8 +541,11 @@ def apply_ties(base: CheckpointReader, *others: CheckpointReader) -> None:
             reader.tie(output_key, input_key)
 
 
-def align(base: CheckpointReader, ckpt: CheckpointReader) -> Alignment:
-    """Match checkpoint tensors to base tensors; another architecture is a ToolError naming keys and shapes."""
+def align(base: CheckpointReader, ckpt: CheckpointReader, *, lenient: bool = False) -> Alignment:
+    """Match checkpoint tensors to base tensors; another architecture is a ToolError naming keys and shapes.
+
+    lenient (the merge gate, which reports them as failed checks): tensors whose shapes do not fit and LoRA
+    targets the base lacks are listed in the alignment and left out, instead of refusing the checkpoint."""
     if base.kind != "full":
         raise ToolError(f"the base {base.path} is a LoRA adapter", "start the session on the full base model")
     apply_ties(base, ckpt)
@@ -526,29 +554,33 @@ def align(base: CheckpointReader, ckpt: CheckpointReader) -> Alignment:
     pairs = ckpt.lora_pairs()
     missing_targets = [k for k in pairs if k not in base_keys]
     foreign = [k for k in ckpt.keys() if k not in base_keys]
-    if (not common and len(missing_targets) == len(pairs)) or len(foreign) > len(common):
+    refuse = (not common and len(missing_targets) == len(pairs)) or len(foreign) > len(common)
+    if refuse and not (lenient and pairs):  # an adapter whose targets are all missing is the gate's no-op
         mine = [k for k in pairs if k in missing_targets] + foreign
         raise ToolError(
             f"{ckpt.path} shares {'no' if not common else 'few'} weight names with the base {base.path}: "
             f"checkpoint has {_sample(mine)}; base has {_sample(base.keys())}",
             "is the checkpoint from another architecture?",
         )
-    if missing_targets:
+    if missing_targets and not lenient:
         raise ToolError(
             f"{ckpt.path}: LoRA targets not in the base {base.path}: {_sample(missing_targets)}",
             "is the adapter for another model?",
         )
-    mismatched = [
-        f"{k} {list(ckpt.shape(k))} vs base {list(base.shape(k))}" for k in common if ckpt.shape(k) != base.shape(k)
-    ]
+    misfit = {k for k in common if ckpt.shape(k) != base.shape(k)}
+    mismatched = [f"{k} {list(ckpt.shape(k))} vs base {list(base.shape(k))}" for k in common if k in misfit]
     conv1d = (base.config or {}).get("model_type") in _CONV1D_MODEL_TYPES
     for k, pair in pairs.items():
-        oriented = _orient(pair, base.shape(k), conv1d)
+        oriented = None if k in missing_targets else _orient(pair, base.shape(k), conv1d)
         if oriented is None:
-            mismatched.append(f"{k} LoRA {list(pair.shape)} vs base {list(base.shape(k))}")
+            if k not in missing_targets:
+                mismatched.append(f"{k} LoRA {list(pair.shape)} vs base {list(base.shape(k))}")
+            del ckpt._pairs[k]
         else:
             ckpt._pairs[k] = oriented
-    if mismatched:
+    if lenient:
+        common = [k for k in common if k not in misfit]
+    elif mismatched:
         raise ToolError(
             f"{ckpt.path} does not fit the base {base.path}: {len(mismatched)} shape mismatches, e.g. "
             + "; ".join(mismatched[:3]),
@@ -560,6 +592,8 @@ def align(base: CheckpointReader, ckpt: CheckpointReader) -> Alignment:
         only_in_base=[k for k in base.keys() if k not in ckpt_keys] if ckpt.kind == "full" else [],
         only_in_checkpoint=foreign,
         tied=sorted(set(base.tied) | set(ckpt.tied)),
+        mismatched=tuple(mismatched),
+        missing_targets=tuple(missing_targets),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from session.model_cache import ModelCache
 from session.state import Session
@@ -23,3 +24,14 @@ class ToolContext:
         if self.session is None:
             raise ToolError("no session started", NO_SESSION_HINT)
         return self.session
+
+    def base_dir(self) -> Path:
+        """The session's base model as a local directory: what tools that read weights compare against."""
+        session = self.require_session()
+        path = Path(session.model_source)
+        if not path.is_dir():
+            raise ToolError(
+                f"the session's base model {session.model_source} is not a local directory",
+                "start the session on a local save_pretrained directory or a catalog model",
+            )
+        return path

@@ -1,15 +1,17 @@
 """Greedy generation for the behavioural tools, batched with left padding.
 
-Each step runs the whole sequence so far, without a KV cache: on TransformerLens 3.9 the bridge's cached
-decoding gives wrong greedy tokens (measured on tiny GPT-2 and Llama fine-tunes, through both
+Through the bridge each step runs the whole sequence so far, without a KV cache: on TransformerLens 3.9 the
+bridge's cached decoding gives wrong greedy tokens (measured on tiny GPT-2 and Llama fine-tunes, through both
 `TransformerBridge.generate` and the wrapped model's own `generate`), while full forwards match `transformers`'
-`generate` token for token (tests/test_runtime.py pins it). Costs O(n²) in the generated length, which is
-small for the short completions the behavioural scores read.
+`generate` token for token (tests/test_runtime.py pins it); that costs O(n²) in the generated length. A model run
+through transformers itself (a peft-applied adapter, the merge gate's models) decodes with transformers' own KV
+cache, one new token per step (the same tokens, pinned by the same test).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
@@ -36,6 +38,31 @@ def logits(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Te
         return model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
 
 
+def _next_logits(model: LoadedModel) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(ids so far, mask so far) -> the last position's logits. transformers: the prompt once, then each new token
+    against the KV cache; the bridge: the whole sequence every step (see the module doc)."""
+    if model.backend == "bridge":
+        return lambda ids, mask: logits(model, ids, mask)[:, -1]
+    state: dict[str, Any] = {"past": None}
+
+    def step(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positions = position_ids(mask)
+        if state["past"] is not None:  # only the token appended since the last call
+            ids, positions = ids[:, -1:], positions[:, -1:]
+        with torch.no_grad():
+            out = model.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=state["past"],
+                use_cache=True,
+            )
+        state["past"] = out.cache  # transformers 5: `cache` (past_key_values is deprecated)
+        return out.logits[:, -1]
+
+    return step
+
+
 def greedy(
     model: LoadedModel,
     prompts: Sequence[str],
@@ -58,8 +85,9 @@ def greedy(
         ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         new: list[torch.Tensor] = []
+        step = _next_logits(model)
         for _ in range(max_new_tokens):
-            nxt = logits(model, ids, mask)[:, -1].argmax(-1)
+            nxt = step(ids, mask).argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
             new.append(nxt)
             ids = torch.cat([ids, nxt[:, None]], 1)

@@ -148,6 +148,12 @@ def load_pair(
     )
 
 
+def load_owned(session: Session, checkpoint: str | Path, *, adapter: Adapter = "merged") -> LoadedModel:
+    """Like load_checkpoint, but never cached: the caller owns the model and may change its weights (the merge
+    gate merges a peft-applied adapter in place)."""
+    return _from_checkpoint(session, Path(checkpoint).expanduser().resolve(), adapter, RAW)
+
+
 def is_loaded(session: Session, models: ModelCache) -> bool:
     """Whether the cache holds the session's base model now."""
     return any(m.checkpoint is None and m.source == session.model_source for m in models.models())
@@ -327,24 +333,37 @@ def _apply_checkpoint(model: torch.nn.Module, reader: Any, base_dir: Path, *, me
 
 
 def _apply_peft(model: torch.nn.Module, adapter_dir: Path) -> Any:
-    """The adapter applied unmerged by peft itself; every LoRA pair the loader found must land on a module."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
+    """The adapter applied unmerged by peft itself. peft matches saved keys by their literal names, so an adapter
+    saved from another wrapper of the same backbone (a BertForMaskedLM adapter on BertModel: `bert.` in every key)
+    would get fresh B = 0 layers and only a warning; its factors are loaded here by normalised name instead, and
+    every LoRA tensor the file holds must land on a module, and every module get one."""
+    import warnings
+
+    from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    from session.checkpoint_keys import normalise_key
 
     try:
-        wrapped = PeftModel.from_pretrained(model, str(adapter_dir))
+        with warnings.catch_warnings():  # peft's missing-keys warning: the factors are loaded (and checked) below
+            warnings.simplefilter("ignore", UserWarning)
+            wrapped = PeftModel.from_pretrained(model, str(adapter_dir))
+        saved = load_peft_weights(str(adapter_dir), device="cpu")
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ToolError(
             f"peft cannot apply the adapter {adapter_dir}: {first_line(e)}", "merge it instead (adapter mode 'merged')"
         ) from None
-    from session.checkpoints import open_checkpoint
-
-    with open_checkpoint(adapter_dir) as reader:
-        expected = len(reader.lora_pairs())
-    applied = sum(isinstance(m, LoraLayer) and "default" in {*m.lora_A, *m.lora_embedding_A} for m in wrapped.modules())
-    if applied != expected:
+    wanted = {normalise_key(k): k for k in get_peft_model_state_dict(wrapped)}
+    placed = {wanted[normalise_key(k)]: v for k, v in saved.items() if normalise_key(k) in wanted}
+    strays = [k for k in saved if normalise_key(k) not in wanted]
+    empty = [k for k in wanted.values() if k not in placed]
+    if strays or empty:
+        named = strays or empty
         raise ToolError(
-            f"peft placed {applied} of the {expected} LoRA pairs of {adapter_dir} on the base model",
+            f"peft placed the adapter {adapter_dir} on the base only in part: "
+            + (f"{len(strays)} saved tensors have no module" if strays else f"{len(empty)} modules got no tensor")
+            + f", e.g. {', '.join(named[:3])}",
             "its module names do not match this base; merge it instead (adapter mode 'merged')",
         )
+    set_peft_model_state_dict(wrapped, placed)
     return wrapped.eval()

@@ -36,6 +36,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             "changed under the stated rule",
             "residual drift",
             "sae align",
+            "trainspect merge-analysis",
+            "VERDICT:",
+            "trainspect trajectory-analysis",
+            "trainer@16",
         ):
             assert text in proc.stdout, text
         cards = httpx.get(f"http://127.0.0.1:{port}/api/sessions/demo/cards", timeout=10).json()
@@ -49,6 +53,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             ("saeDiff", 2),
             ("saeAlign", 1),
             ("watch", 1),
+            ("mergeAnalysis", 1),
+            ("trajectoryAnalysis", 1),
             ("session", 2),
         ):
             assert kinds.count(kind) == n, (kind, kinds)

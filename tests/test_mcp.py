@@ -27,6 +27,8 @@ EXPECTED = {
     "run_sae_diff",
     "run_sae_train",
     "run_sae_align",
+    "run_merge_analysis",
+    "run_trajectory_analysis",
     "start_tool",
     "get_result",
 }

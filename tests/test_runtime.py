@@ -160,6 +160,23 @@ def test_greedy_generation_matches_transformers_generate_token_for_token(
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_kv_cached_decoding_through_transformers_gives_the_bridges_tokens(
+    arch: str, runs: dict[str, dict[str, Path]]
+) -> None:
+    """The peft-applied adapter decodes with transformers' KV cache; the merged one through the bridge without."""
+    session, _ = service.start_session(f"kv-{arch}", str(runs[arch]["base"]))
+    cache = ModelCache()
+    applied = load_checkpoint(session, runs[arch]["lora"], cache, adapter="peft")
+    merged = load_checkpoint(session, runs[arch]["lora"], cache, adapter="merged")
+    assert (applied.backend, merged.backend) == ("transformers", "bridge")
+    prompts = ["The model reads", "A small learning rate keeps the update gentle, while", "Dead", "Every checkpoint"]
+    cached = greedy(applied, prompts, max_new_tokens=16, batch_size=3)
+    full = greedy(merged, prompts, max_new_tokens=16, batch_size=3)
+    assert [g.tokens for g in cached] == [g.tokens for g in full]
+    assert sum(len(g.tokens) for g in cached) > 2 * len(prompts)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_an_adapter_applied_by_peft_equals_its_merged_weights(arch: str, runs: dict[str, dict[str, Path]]) -> None:
     session, _ = service.start_session(f"peft-{arch}", str(runs[arch]["base"]))
     cache = ModelCache()

@@ -36,6 +36,22 @@ def watch_log(path: Path) -> Path:
     return path
 
 
+def trajectory_run(models: dict[str, Path], work: Path) -> Path:
+    """Three .pt checkpoints along the full fine-tune's direction: its own at step 5, then further along it."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = work / "trajectory"
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_file(models["base"] / "model.safetensors")
+    raw = torch.load(models["full"], weights_only=True)
+    tuned = raw.get("state_dict", raw)
+    for step, reach in ((5, 1.0), (10, 1.6), (15, 1.9)):
+        state = {k: base[k] + reach * (v - base[k]) if k in base else v for k, v in tuned.items()}
+        torch.save({"step": step, "state_dict": state}, out / f"ckpt_{step}.pt")
+    return out
+
+
 def run_every_tool(
     models: dict[str, Path], work: Path, *, mirror: Any | None = None, session: str = "every-tool"
 ) -> list[tuple[ToolSpec[Any, Any], Envelope[Any]]]:
@@ -53,6 +69,8 @@ def run_every_tool(
         ("run_sae_diff", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
         ("run_sae_train", {"layer": 1, "dataset": str(corpus), "d_sae": 64, "k": 8, "out": str(work / "trained-sae")}),
         ("run_sae_align", {"a": str(sae), "b": str(work / "trained-sae")}),
+        ("run_merge_analysis", {"checkpoint": str(models["lora"]), "name": "lora <merge>", "max_new_tokens": 8}),
+        ("run_trajectory_analysis", {"checkpoints": str(trajectory_run(models, work) / "*.pt"), "name": "<b>run</b>"}),
         ("watch", {"metrics": str(watch_log(work / "run" / "metrics.jsonl")), "run": "tiny-run"}),
         ("session_status", {}),
     ]

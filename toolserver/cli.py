@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -74,8 +74,17 @@ def _add_field(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> 
         parser.add_argument(_flag(name), **kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1 like every other error: 2 is a failing merge verdict, which a script must tell apart
+    from a mistyped flag (argparse's own default is 2). Sub-parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(tools: Sequence[ToolSpec[Any, Any]]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainspect", description="What a fine-tune did to a language model.")
+    parser = _Parser(prog="trainspect", description="What a fine-tune did to a language model.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for spec in tools:
@@ -170,7 +179,7 @@ def _run_tool(ns: argparse.Namespace) -> int:
         print(envelope.model_dump_json(indent=2))
     else:
         print(render(spec, envelope))
-    return 0
+    return spec.exit_status(envelope.result) if spec.exit_status is not None else 0
 
 
 def _save(path: Path, envelope: Envelope[Any]) -> None:

@@ -259,6 +259,7 @@ class ToolSpec(Generic[In, Out]):
     session_arg    the input field naming the session the call creates (start_session), so its events and
                    history land in that session
     live       the live event families the tool emits (the mirror accepts exactly the declared ones)
+    exit_status  result -> the CLI's exit code (a gate's fail is 2); None: 0 for every result
     """
 
     name: str
@@ -274,6 +275,7 @@ class ToolSpec(Generic[In, Out]):
     needs_session: bool = True
     session_arg: str | None = None
     live: tuple[LiveFamily, ...] = ()
+    exit_status: Callable[[Out], int] | None = None
 
     def __post_init__(self) -> None:
         for name, f in self.input_model.model_fields.items():

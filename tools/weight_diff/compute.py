@@ -7,7 +7,7 @@ For each tensor: read the base tensor and the checkpoint tensor (both file-backe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -47,16 +47,23 @@ class Workspace:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def _buffer(self, name: str, shape: torch.Size) -> torch.Tensor:
+    def buffer(self, name: str, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """A float32 buffer of this shape, reused (and grown) under its name."""
         n = math.prod(shape)
         if name not in self._buffers or self._buffers[name].numel() < n:
             self._buffers[name] = torch.empty(n, dtype=torch.float32)
         return self._buffers[name][:n].view(shape)
 
+    def float32(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """t as contiguous float32: itself when it already is (a file mapping stays a mapping), else a copy."""
+        if t.dtype == torch.float32 and t.is_contiguous():
+            return t
+        return self.buffer(name, t.shape).copy_(t)
+
     def delta_and_norms(self, new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """ΔW = new − old in float32 (the inputs may be read-only file mappings), ‖ΔW‖², ‖old‖²."""
-        old32 = old if old.dtype == torch.float32 else self._buffer("old", old.shape).copy_(old)
-        delta = self._buffer("delta", new.shape).copy_(new).sub_(old32)
+        old32 = old if old.dtype == torch.float32 else self.buffer("old", old.shape).copy_(old)
+        delta = self.buffer("delta", new.shape).copy_(new).sub_(old32)
         return delta, sum_squares(delta), sum_squares(old32)
 
     def norm(self, t: torch.Tensor) -> float:
@@ -67,7 +74,7 @@ class Workspace:
         step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
         return math.sqrt(
             sum(
-                sum_squares(self._buffer("old", rows[s : s + step].shape).copy_(rows[s : s + step]))
+                sum_squares(self.buffer("old", rows[s : s + step].shape).copy_(rows[s : s + step]))
                 for s in range(0, rows.shape[0], step)
             )
         )
@@ -247,34 +254,58 @@ def _touch(t: torch.Tensor) -> None:
         raw[s : s + (1 << 24) : _PAGE].sum()
 
 
-class Reader:
+def _touch_all(tensors: list[torch.Tensor]) -> None:
+    for t in tensors:
+        _touch(t)
+
+
+class Prefetcher:
     """Reads upcoming tensors from disk in a background thread while the current one is computed.
 
     A page-touching thread, rather than madvise alone, because the kernel's readahead for WILLNEED stops
     short of whole tensors; torch ops release the GIL, so the reads overlap the computation. The pages
     land in the page cache (file-backed), so the PREFETCH_BYTES window costs no process memory.
+    Item j's tensors are `tensors(j)`, taking about `nbytes(j)` of computation memory.
     """
 
-    def __init__(self, base: CheckpointReader, ckpt: CheckpointReader, work: list[tuple[str, LoraPair | None]]) -> None:
-        self.base, self.ckpt, self.work = base, ckpt, work
+    def __init__(
+        self,
+        n: int,
+        nbytes: Callable[[int], int],
+        tensors: Callable[[int], list[torch.Tensor]],
+        window: int = PREFETCH_BYTES,
+    ) -> None:
+        self.n, self.nbytes, self.tensors, self.window = n, nbytes, tensors, window
         self.ahead = 0
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-diff-read")
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights-read")
 
     def advance(self, current: int) -> None:
         """Queue reads of the items after `current` that fit in the window and are not queued yet."""
         window = 0
-        for j in range(current + 1, len(self.work)):
-            key, pair = self.work[j]
-            window += math.prod(self.base.shape(key)) * (1 if pair is not None else 2) * 4
-            if window > PREFETCH_BYTES:
+        for j in range(current + 1, self.n):
+            window += self.nbytes(j)
+            if window > self.window:
                 break
             if j > self.ahead:
-                tensors = [self.base.get(key)] + ([self.ckpt.get(key)] if pair is None and key in self.ckpt else [])
-                self.pool.submit(lambda ts=tensors: [_touch(t) for t in ts])
+                self.pool.submit(_touch_all, self.tensors(j))
                 self.ahead = j
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pair_prefetcher(
+    base: CheckpointReader, ckpt: CheckpointReader, work: list[tuple[str, LoraPair | None]]
+) -> Prefetcher:
+    def nbytes(j: int) -> int:
+        key, pair = work[j]
+        return math.prod(base.shape(key)) * (1 if pair is not None else 2) * 4
+
+    def tensors(j: int) -> list[torch.Tensor]:
+        key, pair = work[j]
+        return [base.mapped(key)] + ([ckpt.mapped(key)] if pair is None and key in ckpt else [])
+
+    return Prefetcher(len(work), nbytes, tensors)
 
 
 @contextmanager
@@ -305,7 +336,7 @@ def _collect(base: CheckpointReader, ckpt: CheckpointReader, aligned: Alignment,
     work = [(k, None) for k in aligned.common] + list(pairs.items())
     out = Collected()
     workspace = Workspace()
-    reader = Reader(base, ckpt, work)
+    reader = pair_prefetcher(base, ckpt, work)
     try:
         for i, (key, pair) in enumerate(work):
             reporter.progress(0.05 + 0.9 * i / max(1, len(work)), f"comparing {key} ({i + 1}/{len(work)})")

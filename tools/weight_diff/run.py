@@ -13,17 +13,11 @@ from session.context import ToolContext
 from tools.weight_diff import compute
 from tools.weight_diff.models import WeightDiffInput, WeightDiffResult
 from tools.weight_diff.report import findings, follow_ups
-from toolserver.contract import Outcome, Reporter, ToolError
+from toolserver.contract import Outcome, Reporter
 
 
 def run(ctx: ToolContext, args: WeightDiffInput, reporter: Reporter) -> Outcome[WeightDiffResult]:
-    session = ctx.require_session()
-    base_dir = Path(session.model_source)
-    if not base_dir.is_dir():
-        raise ToolError(
-            f"the session's base model {session.model_source} is not a local directory",
-            "start the session on a local save_pretrained directory or a catalog model",
-        )
+    base_dir = ctx.base_dir()
     reporter.progress(0.0, "opening the base model and the checkpoint")
     with open_checkpoint(base_dir) as base, open_checkpoint(args.checkpoint) as ckpt:
         aligned = align(base, ckpt)

@@ -58,22 +58,41 @@ class DenseOperator:
 
 
 def sigma_max(op: LinearOperator, rtol: float = 1e-6, block: int = 16, max_iter: int = 64, seed: int = 0) -> float:
-    """Largest singular value by block Lanczos on G = MᵀM with full reorthogonalisation.
+    return top_singular(op, rtol=rtol, block=block, max_iter=max_iter, seed=seed)[0]
+
+
+def top_singular(
+    op: LinearOperator,
+    start: torch.Tensor | None = None,
+    rtol: float = 1e-6,
+    block: int = 16,
+    max_iter: int = 64,
+    seed: int = 0,
+) -> tuple[float, torch.Tensor]:
+    """Largest singular value by block Lanczos on G = MᵀM with full reorthogonalisation, and the top `block`
+    Ritz vectors (right singular directions, in M's column space) to start the next, similar matrix from.
 
     The basis V spans the Krylov space {Ω, GΩ, G²Ω, …}, kept in the smaller of the two dimensions. Each
     step costs one product with M and one with Mᵀ; the Rayleigh–Ritz matrix VᵀGV comes from the same
     products. Its top eigenpair (θ, s) gives σ_max² ≥ θ, and the part of G·Vs outside the basis is the
     residual r, so some eigenvalue lies within min(‖r‖, ‖r‖²/gap) of θ (gap = θ − the next Ritz value).
     Stops when that bound, relative on σ, is below rtol, or when the basis spans the whole space (exact).
+    `start` (n × b, e.g. the previous checkpoint's vectors) replaces the random first block's leading columns:
+    the bound is the same, only fewer steps are needed when it is close.
     """
     if op.shape[1] > op.shape[0]:
         op = _Transposed(op)  # keep the basis in the smaller dimension
     n = op.shape[1]
     gen = torch.Generator().manual_seed(seed)
-    v = torch.linalg.qr(torch.randn(n, min(block, n), generator=gen))[0]
+    omega = torch.randn(n, min(block, n), generator=gen)
+    if start is not None and start.shape[0] == n:  # vectors from top_singular on a matrix of this shape
+        k = min(start.shape[1], omega.shape[1])
+        omega[:, :k] = start[:, :k]
+    v = torch.linalg.qr(omega)[0]
     basis = v
     ritz = torch.zeros(0, 0, dtype=torch.float64)  # VᵀGV, grown by one block column per step
     theta = 0.0
+    vectors = torch.ones(1, 1, dtype=torch.float64)
     for _ in range(max_iter):
         z = op.rmm(op.mm(v))  # G v
         column = (basis.T @ z).double()
@@ -96,7 +115,8 @@ def sigma_max(op: LinearOperator, rtol: float = 1e-6, block: int = 16, max_iter:
         if v is None:  # the basis is an invariant subspace: the Ritz value is exact
             break
         basis = torch.cat([basis, v], dim=1)
-    return theta**0.5
+    top = basis @ vectors[:, -min(block, vectors.shape[1]) :].flip(1).to(basis.dtype)
+    return theta**0.5, top
 
 
 def _orthogonalise(z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,7 @@
 // {name, mode, step, n_layers, matrix_types, layers: [{layer, fro: {type: ‖ΔW‖_F}, stable_rank: {type: r}}],
 //  top_changed: [{label, rel_delta, stable_rank}], embeddings: [{key, rel_delta}], norms_changed, totals}.
 import { el, fmt, isObject } from "../dom.js";
-
-// one colour per matrix type, stable across cards (attention blues, MLP greens)
-const COLOURS = { Q: "#1d4ed8", K: "#3b82f6", V: "#93c5fd", QKV: "#2563eb", O: "#6366f1", "MLP gate": "#047857", "MLP in": "#10b981", "MLP out": "#6ee7b7", other: "#9ca3af" };
-const FALLBACK = ["#f59e0b", "#ef4444", "#8b5cf6", "#14b8a6"];
+import { colour } from "../matrix_colours.js";
 
 const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
 
@@ -30,7 +27,7 @@ function chart(rows, types, charts) {
       datasets: types.map((t, i) => ({
         label: t,
         data: rows.map((r) => num(r.fro[t])),
-        backgroundColor: COLOURS[t] || FALLBACK[i % FALLBACK.length],
+        backgroundColor: colour(t, i),
         borderRadius: 2,
       })),
     },
