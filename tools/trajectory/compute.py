@@ -23,7 +23,7 @@ from session.checkpoint_lora import LoraPair
 from session.checkpoints import CheckpointReader
 from tools.weight_diff.compute import DeltaOperator, Prefetcher, Workspace, sum_squares, torch_threads
 from tools.weight_diff.layout import MATRIX_ORDER, Part, place
-from tools.weight_diff.spectral import DenseOperator, LinearOperator, lowrank_spectrum, top_singular
+from tools.weight_diff.spectral import DenseOperator, lowrank_spectrum, top_singular
 from toolserver.contract import Reporter, ToolError
 
 TILE = 1 << 20  # values per tile of the pass: six float32 tiles (24 MB) stay in cache
@@ -148,21 +148,59 @@ class Stream:
             self._measure(key, base_part, parts, where)
 
     def _measure(self, key: str, old: torch.Tensor, news: list[torch.Tensor], where: tuple[int, str] | None) -> None:
-        """Sums by tiles that stay in cache, each tile through every checkpoint in turn (so W_k is read from memory
-        once); then, for a layer matrix, σ_max of each ΔW_k."""
-        w, n = self.work, len(news)
         old2, news2 = _rows2d(old), [_rows2d(t) for t in news]
-        # a layer matrix's base is upcast once, whole, and serves the tiles and every ΔW_k for σ_max
-        base32 = w.float32("B", old2) if where is not None and old2.numel() <= WHOLE else None
-        step = max(1, TILE // old2.shape[1])
+        if where is not None and old2.numel() <= WHOLE:
+            self._whole(key, old2, news2, where)
+        else:
+            self._tiled(key, old2, news2, where)
+
+    def _whole(self, key: str, old: torch.Tensor, news: list[torch.Tensor], where: tuple[int, str]) -> None:
+        """A layer matrix that fits, checkpoint by checkpoint: ΔW_k formed once and its σ_max found while it is
+        still in cache. float32 files are read in place: u_k = W_k − W_k−1 straight from the two mappings. Other
+        dtypes are upcast straight into ΔW_k's buffer and W_base subtracted in place, and u_k = ΔW_k − ΔW_k−1,
+        which is exact: the difference of two bf16/fp16 values is a float32 value, so both ΔW are exact."""
+        w = self.work
+        base = w.float32("B", old)
+        base2 = sum_squares(base)
+        if not math.isfinite(base2):
+            self.base_nonfinite.append(key)
+            return
+        in_place = all(t.dtype == torch.float32 for t in news)
+        prev, u_prev, start = (base if in_place else None), None, None
+        for k, new in enumerate(news):
+            if in_place:
+                c = w.float32(f"c{k % 2}", new)
+                d = torch.sub(c, base, out=w.buffer("D", c.shape))
+                u = torch.sub(c, prev, out=w.buffer(f"u{k % 2}", c.shape))
+                prev = c
+            else:
+                d = w.buffer(f"D{k % 2}", base.shape).copy_(new).sub_(base)  # 1.4× faster than a mixed-dtype sub
+                u = d if prev is None else torch.sub(d, prev, out=w.buffer(f"u{k % 2}", d.shape))
+                prev = d
+            move2, fro2 = sum_squares(u), sum_squares(d)
+            dot = float(torch.dot(u.view(-1), u_prev.view(-1))) if u_prev is not None else 0.0
+            _finite(k, key, move2, fro2, dot)
+            self.sums[k].add(where, fro2, base2, move2, dot)
+            sigma = None
+            if fro2 > 0:
+                sigma, start = top_singular(DenseOperator(d), start, rtol=RTOL, block=BLOCK)
+            self.sums[k].matrix(where, fro2, base2, sigma)
+            u_prev = u  # at k = 0 that is D0 itself, intact until k = 2 overwrites it
+
+    def _tiled(self, key: str, old: torch.Tensor, news: list[torch.Tensor], where: tuple[int, str] | None) -> None:
+        """Any other tensor, by tiles that stay in cache, each tile through every checkpoint in turn (so W_k is read
+        from memory once); then, for a layer matrix too large to hold, σ_max of each ΔW_k recomputed from the files
+        per Lanczos product."""
+        w, n = self.work, len(news)
+        step = max(1, TILE // old.shape[1])
         fro2, move2, dot = [0.0] * n, [0.0] * n, [0.0] * n
         base2 = 0.0
-        for s in range(0, old2.shape[0], step):
-            b = base32[s : s + step] if base32 is not None else w.float32("b", old2[s : s + step])
+        for s in range(0, old.shape[0], step):
+            b = w.float32("b", old[s : s + step])
             base2 += sum_squares(b)
             prev, u_prev = b, None
             for k in range(n):
-                c = w.float32(f"c{k % 2}", news2[k][s : s + step])
+                c = w.float32(f"c{k % 2}", news[k][s : s + step])
                 u = torch.sub(c, prev, out=w.buffer(f"u{k % 2}", c.shape))
                 move2[k] += sum_squares(u)
                 if u_prev is not None:
@@ -180,24 +218,9 @@ class Stream:
                 continue
             sigma = None
             if fro2[k] > 0:
-                with torch_threads(2):
-                    sigma, start = top_singular(self._delta(old2, base32, news2[k]), start, rtol=RTOL, block=BLOCK)
+                op = DeltaOperator(old, news[k], None, self.work)
+                sigma, start = top_singular(op, start, rtol=RTOL, block=BLOCK)
             self.sums[k].matrix(where, fro2[k], base2, sigma)
-
-    def _delta(self, old: torch.Tensor, base32: torch.Tensor | None, new: torch.Tensor) -> LinearOperator:
-        """ΔW_k for the Lanczos products: held whole when it fits (from the upcast base), else recomputed from the
-        files per product."""
-        if base32 is None:
-            return DeltaOperator(old, new, None, self.work)
-        d = self.work.buffer("D", old.shape)
-        step = max(1, TILE // old.shape[1])
-        for s in range(0, old.shape[0], step):
-            rows = slice(s, s + step)
-            if new.dtype == torch.float32:
-                torch.sub(new[rows], base32[rows], out=d[rows])
-            else:  # upcast straight into ΔW's buffer, then subtract in place
-                d[rows].copy_(new[rows]).sub_(base32[rows])
-        return DenseOperator(d)
 
     # ----- LoRA checkpoints ---------------------------------------------------------------------------------------
     def lora(self, key: str) -> None:

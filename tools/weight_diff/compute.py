@@ -6,6 +6,8 @@ For each tensor: read the base tensor and the checkpoint tensor (both file-backe
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -244,10 +246,36 @@ def _measure_lora(key: str, pair: LoraPair, old: torch.Tensor, work: Workspace) 
     return out
 
 
+_MADV_POPULATE_READ = 22  # Linux ≥ 5.14
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def _populate(t: torch.Tensor) -> bool:
+    """Read a file-mapped tensor's pages in and map them, in one madvise(MADV_POPULATE_READ): the kernel fills
+    the page tables in bulk, where faulting page by page costs ~1 µs a page (measured: 2 s of CPU per 5 GB cold)
+    and the computation that reads the tensor next takes no faults either. False where the kernel lacks it."""
+    libc = _libc()
+    if libc is None:
+        return False
+    start = t.data_ptr() & ~(_PAGE - 1)
+    end = t.data_ptr() + t.numel() * t.element_size()
+    return libc.madvise(start, end - start, _MADV_POPULATE_READ) == 0
+
+
 def _touch(t: torch.Tensor) -> None:
-    """Fault in every page behind a file-mapped tensor: one strided byte read per page, 16 MB per op so it
-    stays on the calling thread (below torch's intra-op grain size) and never copies the tensor."""
-    if not t.is_contiguous() or t.numel() == 0:
+    """Fault in every page behind a file-mapped tensor: populated by the kernel where it can, else one strided
+    byte read per page, 16 MB per op so it stays on the calling thread (below torch's intra-op grain size) and
+    never copies the tensor."""
+    if not t.is_contiguous() or t.numel() == 0 or _populate(t):
         return
     raw = t.reshape(-1).view(torch.uint8)
     for s in range(0, raw.numel(), 1 << 24):
