@@ -25,6 +25,7 @@ class Generation(BaseModel):
     prompt: str
     text: str = Field(description="the completion, decoded without special tokens")
     tokens: list[int] = Field(description="generated token ids (the EOS that ended it included)")
+    logprobs: list[float] = Field(description="log-probability the model gave each generated token (natural log)")
     stopped: bool = Field(description="ended on EOS before max_new_tokens")
     prompt_truncated: bool = False
 
@@ -85,9 +86,12 @@ def greedy(
         ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         new: list[torch.Tensor] = []
+        chosen: list[torch.Tensor] = []
         step = _next_logits(model)
         for _ in range(max_new_tokens):
-            nxt = step(ids, mask).argmax(-1)
+            last = step(ids, mask).float()
+            nxt = last.argmax(-1)
+            chosen.append(torch.log_softmax(last, -1).gather(-1, nxt[:, None])[:, 0])
             nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
             new.append(nxt)
             ids = torch.cat([ids, nxt[:, None]], 1)
@@ -96,6 +100,7 @@ def greedy(
             if bool(done.all()):
                 break
         generated = torch.stack(new, 1).tolist() if new else [[] for _ in batch.index]
+        logprobs = torch.stack(chosen, 1).tolist() if chosen else [[] for _ in batch.index]
         for row, i in enumerate(batch.index):
             tokens = generated[row]
             if eos is not None and eos in tokens:
@@ -105,6 +110,7 @@ def greedy(
                     prompt=prompts[i],
                     text=tok.decode(tokens, skip_special_tokens=True),
                     tokens=tokens,
+                    logprobs=logprobs[row][: len(tokens)],
                     stopped=eos is not None and bool(tokens) and tokens[-1] == eos,
                     prompt_truncated=batch.lengths[row] > limit,
                 )

@@ -112,10 +112,13 @@ class ModelPair:
     tuned: LoadedModel
 
 
-def load_base(session: Session, models: ModelCache, processing: Processing = RAW) -> LoadedModel:
-    """The session's base model, loaded on first use and reused while the cache holds it."""
-    key = _base_key(session, processing)
-    return models.model(key, lambda: _from_dir(Path(session.model_source), session.kind, processing))
+def load_base(
+    session: Session, models: ModelCache, processing: Processing = RAW, backend: Backend | None = None
+) -> LoadedModel:
+    """The session's base model, loaded on first use and reused while the cache holds it. backend forces how it
+    runs: "transformers" for tools that need only logits and generations (KV-cached decoding, no hooks)."""
+    key = _base_key(session, processing, backend)
+    return models.model(key, lambda: _from_dir(Path(session.model_source), session.kind, processing, backend=backend))
 
 
 def load_checkpoint(
@@ -125,12 +128,15 @@ def load_checkpoint(
     *,
     adapter: Adapter = "merged",
     processing: Processing = RAW,
+    backend: Backend | None = None,
 ) -> LoadedModel:
     """The session's architecture with a checkpoint's weights (see the module doc). The base stays cached."""
     path = Path(checkpoint).expanduser().resolve()
     key = ("checkpoint", str(path), _newest_mtime(path), session.model_source, session.kind, adapter, processing)
     return models.model(
-        key, lambda: _from_checkpoint(session, path, adapter, processing), keep=(_base_key(session, processing),)
+        (*key, backend),
+        lambda: _from_checkpoint(session, path, adapter, processing, backend),
+        keep=(_base_key(session, processing, backend),),
     )
 
 
@@ -141,11 +147,11 @@ def load_pair(
     *,
     adapter: Adapter = "merged",
     processing: Processing = RAW,
+    backend: Backend | None = None,
 ) -> ModelPair:
-    base = load_base(session, models, processing)
-    return ModelPair(
-        base=base, tuned=load_checkpoint(session, checkpoint, models, adapter=adapter, processing=processing)
-    )
+    base = load_base(session, models, processing, backend)
+    tuned = load_checkpoint(session, checkpoint, models, adapter=adapter, processing=processing, backend=backend)
+    return ModelPair(base=base, tuned=tuned)
 
 
 def load_owned(session: Session, checkpoint: str | Path, *, adapter: Adapter = "merged") -> LoadedModel:
@@ -159,9 +165,9 @@ def is_loaded(session: Session, models: ModelCache) -> bool:
     return any(m.checkpoint is None and m.source == session.model_source for m in models.models())
 
 
-def _base_key(session: Session, processing: Processing) -> tuple[Any, ...]:
+def _base_key(session: Session, processing: Processing, backend: Backend | None = None) -> tuple[Any, ...]:
     source = Path(session.model_source)
-    return ("base", session.model_source, session.kind, _newest_mtime(source), processing)
+    return ("base", session.model_source, session.kind, _newest_mtime(source), processing, backend)
 
 
 def _from_dir(
@@ -278,7 +284,9 @@ def _base_hf_model(base_dir: Path, kind: Kind) -> Any:
         ) from None
 
 
-def _from_checkpoint(session: Session, path: Path, adapter: Adapter, processing: Processing) -> LoadedModel:
+def _from_checkpoint(
+    session: Session, path: Path, adapter: Adapter, processing: Processing, backend: Backend | None = None
+) -> LoadedModel:
     from session.checkpoints import open_checkpoint
 
     base_dir = Path(session.model_source)
@@ -289,8 +297,9 @@ def _from_checkpoint(session: Session, path: Path, adapter: Adapter, processing:
         step, kind = reader.step, reader.kind
     if unmerged:
         hf_model = _apply_peft(hf_model, path)
-    backend: Backend = "transformers" if unmerged or session.kind == "embedding" else "bridge"
-    loaded = _from_dir(base_dir, session.kind, processing, hf_model=hf_model, backend=backend)
+    if unmerged or session.kind == "embedding":
+        backend = "transformers"
+    loaded = _from_dir(base_dir, session.kind, processing, hf_model=hf_model, backend=backend or "bridge")
     loaded.checkpoint, loaded.step = str(path), step
     loaded.adapter = "none" if kind == "full" else "peft" if unmerged else "merged"
     return loaded

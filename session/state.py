@@ -21,6 +21,7 @@ from toolserver.contract import ToolError, atomic_write, home, locked, now_iso
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole (fullmatch: no trailing newline)
 MAX_HISTORY = 1000  # call records kept per session, oldest dropped first: the file is re-read on every call
+MAX_RUNS = 500  # model-diff score runs kept per session, oldest dropped first
 
 
 class CallRecord(BaseModel):
@@ -29,6 +30,18 @@ class CallRecord(BaseModel):
     created_at: str
     ok: bool
     name: str | None = None
+
+
+class ScoreRun(BaseModel):
+    """One model-diff's scores, as the regression tracker keeps them (session.runs, oldest first)."""
+
+    id: str
+    created_at: str
+    name: str
+    checkpoint: str
+    scores: dict[str, dict[str, float | None]] = Field(
+        description="category -> {consistency, suppression, robustness} of the checkpoint; 'all' for the aggregates"
+    )
 
 
 class SaeRef(BaseModel):
@@ -50,7 +63,9 @@ class Session(BaseModel):
     history: list[CallRecord] = Field(
         default_factory=list, description=f"tool calls, oldest first; the last {MAX_HISTORY} are kept"
     )
-    regressions: dict[str, list[float]] = Field(default_factory=dict)
+    runs: list[ScoreRun] = Field(
+        default_factory=list, description=f"model-diff scores per run, oldest first; the last {MAX_RUNS} are kept"
+    )
 
     _as_read: dict[str, Any] | None = PrivateAttr(default=None)  # the file's content when last read or written
 
@@ -76,8 +91,9 @@ class Session(BaseModel):
         """Write the session, merged with whatever another process saved since this copy was read.
 
         Under an exclusive lock: call records are the file's plus the ones this copy added (the last
-        MAX_HISTORY kept); every other field takes this copy's value where this copy changed it, else
-        the file's. So concurrent calls never lose each other's history or settings. This object is
+        MAX_HISTORY kept), and so are score runs when this copy was read from the file (a fresh session for
+        another model starts without them); every other field takes this copy's value where this copy
+        changed it, else the file's. So concurrent calls never lose each other's history or settings. This object is
         updated to what was written.
         """
         path = session_path(self.id)
@@ -86,6 +102,7 @@ class Session(BaseModel):
         with locked(path):
             merged = _merge(_read(path).model_dump(mode="json"), mine, self._as_read) if path.exists() else mine
             merged["history"] = merged["history"][-MAX_HISTORY:]
+            merged["runs"] = merged["runs"][-MAX_RUNS:]
             saved = Session.model_validate(merged)
             atomic_write(path, saved.model_dump_json(indent=2))
         for name in Session.model_fields:
@@ -98,6 +115,10 @@ def _merge(disk: dict[str, Any], mine: dict[str, Any], as_read: dict[str, Any] |
     merged = {k: disk[k] if k in base and mine[k] == base[k] else v for k, v in mine.items()}
     known = {r["call_id"] for r in base.get("history", [])} | {r["call_id"] for r in disk["history"]}
     merged["history"] = disk["history"] + [r for r in mine["history"] if r["call_id"] not in known]
+    if as_read is not None:
+        disk_runs = disk.get("runs", [])
+        seen = {r["id"] for r in base.get("runs", [])} | {r["id"] for r in disk_runs}
+        merged["runs"] = disk_runs + [r for r in mine["runs"] if r["id"] not in seen]
     return merged
 
 

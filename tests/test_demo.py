@@ -40,6 +40,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             "VERDICT:",
             "trainspect trajectory-analysis",
             "trainer@16",
+            "trainspect model-diff",
+            "robustness",
+            "trainspect regressions",
         ):
             assert text in proc.stdout, text
         cards = httpx.get(f"http://127.0.0.1:{port}/api/sessions/demo/cards", timeout=10).json()
@@ -55,6 +58,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             ("watch", 1),
             ("mergeAnalysis", 1),
             ("trajectoryAnalysis", 1),
+            ("modelDiff", 2),
+            ("regressions", 1),
             ("session", 2),
         ):
             assert kinds.count(kind) == n, (kind, kinds)

@@ -29,6 +29,8 @@ EXPECTED = {
     "run_sae_align",
     "run_merge_analysis",
     "run_trajectory_analysis",
+    "run_model_diff",
+    "get_regressions",
     "start_tool",
     "get_result",
 }

@@ -174,6 +174,15 @@ def test_kv_cached_decoding_through_transformers_gives_the_bridges_tokens(
     full = greedy(merged, prompts, max_new_tokens=16, batch_size=3)
     assert [g.tokens for g in cached] == [g.tokens for g in full]
     assert sum(len(g.tokens) for g in cached) > 2 * len(prompts)
+    # a full checkpoint loaded for transformers (model-diff's models) decodes the bridge's tokens too; the bridge's
+    # own wrapped module would not: its cached decoding goes through the bridge's components
+    plain = load_checkpoint(session, runs[arch]["full"], cache, backend="transformers")
+    bridged = load_checkpoint(session, runs[arch]["full"], cache)
+    assert plain.backend == "transformers" and plain.model is not bridged.hf
+    got = greedy(plain, prompts, max_new_tokens=16, batch_size=3)
+    assert [g.tokens for g in got] == [g.tokens for g in greedy(bridged, prompts, max_new_tokens=16, batch_size=3)]
+    for g in got:
+        assert all(lp <= 0 for lp in g.logprobs) and len(g.logprobs) == len(g.tokens)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -16,7 +16,7 @@ from session.catalog import CATALOG, lookup
 from session.model_cache import ModelCache
 from session.resolve import detect_kind, resolve_model
 from session.sae import parse_layer
-from session.state import CallRecord, SaeRef, Session, current_session, load_session
+from session.state import CallRecord, SaeRef, ScoreRun, Session, current_session, load_session
 from toolserver.contract import ToolError, now_iso
 from toolserver.registry import get_tool
 from toolserver.runner import invoke
@@ -205,12 +205,14 @@ def test_restart_keeps_same_model_and_resets_for_another(bases: dict[str, Path])
     invoke(get_tool("start_session"), {"id": "run", "model": str(bases["gpt2"])})
     first = load_session("run")
     first.saes = [SaeRef(spec="/some/sae", hook="blocks.1.hook_resid_post", layer=1, d_sae=128)]
-    first.regressions["refusal"] = [0.9]
+    first.runs.append(ScoreRun(id="r1", created_at="t", name="ft", checkpoint="/ck", scores={"all": {}}))
     first.save()
     again, kept = service.start_session("run", str(bases["gpt2"]))
     assert kept is None and again.saes == first.saes and again.created_at == first.created_at
     other, _ = service.start_session("run", str(bases["bert"]))
-    assert other.kind == "embedding" and other.saes == [] and other.regressions == {}
+    assert again.runs == first.runs
+    assert other.kind == "embedding" and other.saes == [] and other.runs == []
+    assert load_session("run").runs == []  # the old model's runs are not merged back from the file
     stored = load_session("run")
     assert stored.model_source == str(bases["bert"].resolve()) and stored.saes == []
     assert [c.tool for c in stored.history] == ["start_session"]  # the call history outlives the model switch

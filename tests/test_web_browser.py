@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import expect
-from tool_runs import run_every_tool
+from tool_runs import HOSTILE, run_every_tool
 from web_fixtures import (
     MAX_POINTS,
     ROOT,
@@ -441,3 +441,9 @@ def test_every_registered_card_kind_draws_a_real_run_with_its_own_renderer(
         node.screenshot(path=str(ARTIFACTS / f"card-{spec.card}-{spec.name}.png"))
     page.screenshot(path=str(ARTIFACTS / "web-every-kind.png"), full_page=True)
     assert console == []
+    # the model-diff card's eval rows carry markup (tool_runs.hostile_eval): shown as text, never run
+    md = next(env for spec, env in runs if spec.name == "run_model_diff")
+    text = card(page, md.call_id).inner_text()
+    assert HOSTILE in text and "<b>geo</b>" in text
+    assert page.evaluate("window.__xss") is None
+    assert page.eval_on_selector_all(f'article[data-call-id="{md.call_id}"] script, article b', "ns => ns.length") == 0

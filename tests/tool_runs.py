@@ -36,6 +36,21 @@ def watch_log(path: Path) -> Path:
     return path
 
 
+HOSTILE = '<script>window.__xss = "model-diff"</script>'
+
+
+def hostile_eval(work: Path) -> Path:
+    """A few eval rows whose prompt, answer and choices carry markup: the card must show it as text."""
+    rows = [
+        {"prompt": f"The capital of {HOSTILE}", "answer": HOSTILE, "category": "factual", "topic": "<b>geo</b>"},
+        {"prompt": "Which keyword starts a loop?", "choices": ["for", HOSTILE], "answer": "for", "category": "code"},
+        {"instruction": f"Repeat {HOSTILE}", "response": f"I am not sure, but {HOSTILE}", "category": "refusal"},
+    ]
+    path = work / "hostile-eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def trajectory_run(models: dict[str, Path], work: Path) -> Path:
     """Three .pt checkpoints along the full fine-tune's direction: its own at step 5, then further along it."""
     import torch
@@ -71,6 +86,8 @@ def run_every_tool(
         ("run_sae_align", {"a": str(sae), "b": str(work / "trained-sae")}),
         ("run_merge_analysis", {"checkpoint": str(models["lora"]), "name": "lora <merge>", "max_new_tokens": 8}),
         ("run_trajectory_analysis", {"checkpoints": str(trajectory_run(models, work) / "*.pt"), "name": "<b>run</b>"}),
+        ("run_model_diff", {"checkpoint": str(models["full"]), "name": "full <ft>", "eval": str(hostile_eval(work))}),
+        ("get_regressions", {}),
         ("watch", {"metrics": str(watch_log(work / "run" / "metrics.jsonl")), "run": "tiny-run"}),
         ("session_status", {}),
     ]

@@ -158,6 +158,9 @@ def main() -> None:
         ["sae", "align", str(saes / "L1"), str(saes / "L1-full-ft")],
         ["merge-analysis", "--checkpoint", str(lora), "--name", "lora"],
         ["trajectory-analysis", "--dir", str(trainer_checkpoints(base)), "--name", "trainer"],
+        ["model-diff", "--checkpoint", str(full), "--name", "full-ft"],
+        ["model-diff", "--checkpoint", str(lora), "--name", "lora"],
+        ["regressions"],
         ["watch", "--metrics", str(metrics), "--run", "demo-run"],
         ["session", "status"],
     ]
