@@ -163,6 +163,25 @@ def test_an_overgrown_adapter_fails(models: dict[str, Path], isolated_home: Path
     assert "run_weight_diff" in {f.tool for f in env.follow_ups}
 
 
+def test_an_overgrown_adapter_on_a_model_that_knows_its_facts_degenerates_and_fails_on_behaviour(
+    tmp_path_factory: pytest.TempPathFactory, isolated_home: Path
+) -> None:
+    """On the model trained to answer the built-in rows (test_model_diff's), B × 200 turns answers into loops."""
+    from test_model_diff import _models as fact_models
+
+    facts = fact_models(tmp_path_factory.getbasetemp() / "facts")
+    lora = lora_finetune(facts["base"], tmp_path_factory.mktemp("facts-lora") / "lora", steps=5, lr=1e-3)
+    invoke(get_tool("start_session"), {"id": "merge-facts", "model": str(facts["base"])})
+    assert gate(checkpoint=str(lora)).result.verdict == "pass"
+    grown = edited(lora, lora.parent / "grown", lambda k, v: v * 200 if "lora_B" in k else v)
+    env = gate(checkpoint=str(grown))
+    c = checks(env)
+    assert c["degenerate"].status == "fail" and c["next_token_kl"].status == "fail" and c["rank"].status == "fail"
+    b = env.result.behaviour
+    assert b.merged_degenerate - b.base_degenerate >= 0.3 and c["degenerate"].items  # fail_at, by default
+    assert "run_residual_drift" in {f.tool for f in env.follow_ups}
+
+
 def test_a_resized_vocabulary_and_a_broken_tie_fail(
     models: dict[str, Path], isolated_home: Path, tmp_path: Path
 ) -> None:
