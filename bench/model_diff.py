@@ -46,7 +46,7 @@ def bare(pair: object, eval_path: Path) -> float:
     """Seconds for the same generations and the same forward passes, with nothing computed from them."""
     from session.generation import greedy, logits
     from tools.model_diff.evalset import read_eval
-    from tools.model_diff.scoring import build_sequences, content, encode_continuation
+    from tools.model_diff.scoring import build_sequences, references
 
     rows = read_eval(eval_path).rows
     base, tuned = pair.base, pair.tuned  # type: ignore[attr-defined]
@@ -54,8 +54,7 @@ def bare(pair: object, eval_path: Path) -> float:
     t = time.perf_counter()
     gens = greedy(base, [r.prompt for r in rows], max_new_tokens=NEW_TOKENS, batch_size=BATCH)
     greedy(tuned, [r.prompt for r in rows], max_new_tokens=NEW_TOKENS, batch_size=BATCH)
-    answers = [encode_continuation(tok, r.answer) if r.answer else [] for r in rows]
-    refs = [None if r.choices else answers[i] or content(gens[i]) or None for i, r in enumerate(rows)]
+    _, refs = references(tok, rows, gens)
     seqs = build_sequences(tok, rows, refs, 4, 0)
     for model in (base, tuned):
         for b in range(0, len(seqs), BATCH):

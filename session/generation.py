@@ -29,6 +29,11 @@ class Generation(BaseModel):
     stopped: bool = Field(description="ended on EOS before max_new_tokens")
     prompt_truncated: bool = False
 
+    @property
+    def content(self) -> list[int]:
+        """The generated tokens without the EOS that ended them."""
+        return self.tokens[:-1] if self.stopped else self.tokens
+
 
 def logits(model: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Next-token logits at every position, [batch, seq, vocab], for a possibly left-padded batch."""

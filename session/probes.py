@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from toolserver.contract import ToolError, missing
+from toolserver.contract import Finding, ToolError, missing
 
 PROBES_HINT = "probes are a JSON array of strings, JSONL of strings, or JSONL of {instruction, response} rows"
 
@@ -160,3 +160,10 @@ class ProbeSummary(BaseModel):
     count: int
     max_length: int = Field(description="tokens a probe was cut to (the model's context, or the call's limit)")
     truncated: int = Field(description="probes longer than max_length, cut to their first max_length tokens")
+
+    def findings(self) -> list[Finding]:
+        """What a result that ran these probes says about them: the ones cut to fit, if any."""
+        if not self.truncated:
+            return []
+        text = f"{self.truncated} of {self.count} probes were longer than {self.max_length} tokens and were cut."
+        return [Finding(severity="warn", text=text)]

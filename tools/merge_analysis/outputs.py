@@ -129,7 +129,7 @@ def behaviour_of(
     kl = torch.cat([_kl(b, m) for b, m in zip(base, merged, strict=True)])
     pairs = []
     for g0, g1 in zip(base_gens, merged_gens, strict=True):
-        rate = repeat_rate(_content(g1))
+        rate = repeat_rate(g1.content)
         pairs.append(
             GenerationPair(
                 prompt=g0.prompt,
@@ -161,11 +161,7 @@ def repeat_rate(tokens: Sequence[int], n: int = NGRAM) -> float:
 
 
 def is_degenerate(g: Generation, threshold: float) -> bool:
-    return not g.text.strip() or repeat_rate(_content(g)) >= threshold
-
-
-def _content(g: Generation) -> list[int]:
-    return g.tokens[:-1] if g.stopped else g.tokens
+    return not g.text.strip() or repeat_rate(g.content) >= threshold
 
 
 def _kl(base: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:

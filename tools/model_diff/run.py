@@ -15,7 +15,7 @@ from session.state import ScoreRun
 from tools.model_diff import scores as sc
 from tools.model_diff.calibration import bootstrap_difference, calibrate
 from tools.model_diff.evalset import EvalRow, read_eval
-from tools.model_diff.hedges import VERSION
+from tools.model_diff.hedges import VERSION, hedge
 from tools.model_diff.models import (
     DEFINITIONS,
     HIGHER_IS_BETTER,
@@ -31,7 +31,7 @@ from tools.model_diff.models import (
     Triple,
 )
 from tools.model_diff.report import findings, follow_ups
-from tools.model_diff.scoring import RowScores, build_sequences, content, encode_continuation, generate, score
+from tools.model_diff.scoring import RowScores, build_sequences, generate, references, score
 from toolserver.contract import Outcome, Reporter, ToolError, atomic_write, now_iso
 
 
@@ -63,8 +63,7 @@ def run(ctx: ToolContext, args: ModelDiffInput, reporter: Reporter) -> Outcome[M
     base_gens = generate(base_model, rows, args.max_new_tokens, args.batch_size)
     reporter.progress(0.3, "generating: checkpoint")
     ck_gens = generate(tuned_model, rows, args.max_new_tokens, args.batch_size)
-    answers = [encode_continuation(tok, r.answer) if r.answer else [] for r in rows]
-    refs = [None if r.choices else answers[i] or content(base_gens[i]) or None for i, r in enumerate(rows)]
+    answers, refs = references(tok, rows, base_gens)
     seqs = build_sequences(tok, rows, refs, args.perturbations, args.seed)
     responses = {i for i, r in enumerate(rows) if r.kind == "response"}
     sides = []
@@ -111,7 +110,7 @@ def run(ctx: ToolContext, args: ModelDiffInput, reporter: Reporter) -> Outcome[M
     overall = scores_of(everything)
     hedges = []
     for label, side in (("base", base), ("checkpoint", ck)):
-        _, phrases = sc.suppression(side.gens, ref_lengths)
+        phrases = [hedge(g.text) for g in side.gens]
         hedges += [
             HedgeHit(
                 model=label, category=rows[i].category, prompt=rows[i].prompt, phrase=p, generation=side.gens[i].text

@@ -13,7 +13,7 @@ from session.generation import Generation
 from tools.model_diff.evalset import EvalRow
 from tools.model_diff.hedges import hedge
 from tools.model_diff.models import ENTROPY_FLOOR, HEDGE_WEIGHT, LENGTH_WEIGHT, REGRESSION_PP, Flag
-from tools.model_diff.scoring import RowScores, content
+from tools.model_diff.scoring import RowScores
 
 
 def consistency(rows: Sequence[RowScores]) -> float | None:
@@ -59,7 +59,7 @@ def suppression(
     if not gens:
         return None, []
     phrases = [hedge(g.text) for g in gens]
-    penalties = [max(0.0, 1 - len(content(g)) / n) for g, n in zip(gens, reference_lengths, strict=True) if n]
+    penalties = [max(0.0, 1 - len(g.content) / n) for g, n in zip(gens, reference_lengths, strict=True) if n]
     length = sum(penalties) / len(penalties) if penalties else 0.0
     hedged = sum(p is not None for p in phrases) / len(gens)
     return LENGTH_WEIGHT * length + HEDGE_WEIGHT * hedged, phrases

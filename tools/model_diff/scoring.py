@@ -11,7 +11,6 @@ distribution is kept only until its last comparison is scored.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -140,10 +139,11 @@ def generate(model: LoadedModel, rows: Sequence[EvalRow], max_new_tokens: int, b
     return greedy(model, [r.prompt for r in rows], max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
-def content(g: Generation) -> list[int]:
-    """The generated tokens without the EOS that ended them."""
-    return g.tokens[:-1] if g.stopped else g.tokens
-
-
-def joint(logprob: float) -> float:
-    return math.exp(logprob)
+def references(
+    tok: object, rows: Sequence[EvalRow], base_gens: Sequence[Generation]
+) -> tuple[list[list[int]], list[list[int] | None]]:
+    """Each row's answer tokens ([] without one) and the continuation its sequences score: the answer or training
+    response, else the base model's own generation; None for multiple choice (each choice is scored instead)."""
+    answers = [encode_continuation(tok, r.answer) if r.answer else [] for r in rows]
+    refs = [None if r.choices else answers[i] or base_gens[i].content or None for i, r in enumerate(rows)]
+    return answers, refs

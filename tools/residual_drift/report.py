@@ -52,15 +52,7 @@ def findings(res: ResidualDriftResult) -> list[Finding]:
                 f"(grows when ρ ≥ {GROWS_RHO:g})."
             )
         )
-    if res.probes.truncated:
-        out.append(
-            Finding(
-                severity="warn",
-                text=f"{res.probes.truncated} of {res.probes.count} probes were longer "
-                f"than {res.probes.max_length} tokens and were cut.",
-            )
-        )
-    return out
+    return out + res.probes.findings()
 
 
 def follow_ups(res: ResidualDriftResult) -> list[FollowUp]:

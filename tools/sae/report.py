@@ -118,15 +118,7 @@ def diff_findings(res: SaeDiffResult) -> list[Finding]:
         out.append(
             Finding(text="Each probe's first token (BOS or not) is left out: its outlier norm dominates SAE error.")
         )
-    if res.probes.truncated:
-        out.append(
-            Finding(
-                severity="warn",
-                text=f"{res.probes.truncated} of {res.probes.count} probes were longer "
-                f"than {res.probes.max_length} tokens and were cut.",
-            )
-        )
-    return out
+    return out + res.probes.findings()
 
 
 def diff_follow_ups(res: SaeDiffResult) -> list[FollowUp]:
