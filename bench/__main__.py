@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("weight_diff", "watch", "web_mirror", "runtime", "analyses", "trajectory", "merge")
+BENCHES = ("weight_diff", "watch", "web_mirror", "runtime", "analyses", "trajectory", "merge", "analysis_view")
 
 
 def main(names: list[str]) -> None:

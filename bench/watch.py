@@ -20,28 +20,45 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tools.watch.engine import EngineConfig, SignalEngine
+from tools.watch.engine import EngineConfig, SignalEngine, trend_change
 from tools.watch.snapshot import Signal, StepSnapshot
+from toolserver.contract import SEVERITY_RANK
 
 LAYERS = 64
 
 
+def _nonfinite_grad(snap: StepSnapshot) -> bool:
+    values = [snap.max_grad, *(snap.grad_norms or {}).values()]
+    return any(v is not None and not math.isfinite(v) for v in values)
+
+
 class FullHistoryEngine:
-    """The reference design, written for clarity: every step rescans the whole history. Same decisions
-    as SignalEngine (see its module docstring), so both must fire identical signals."""
+    """The reference design, written for clarity: every step rescans the whole history; only what a
+    lasting condition must remember (streaks, announced episodes, an ongoing spike or plateau, the
+    cooldowns) is kept between steps. Same decisions as SignalEngine (see its module docstring), so both
+    must fire identical signals, under either rule set."""
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         import re
 
         self.config = config or EngineConfig()
+        self.episodes = not self.config.seed_rules
         self._attn = re.compile(self.config.attention_regex)
         self.history: list[StepSnapshot] = []
         self.attn_streaks: dict[str, int] = {}
         self.layer_streaks: dict[str, int] = {}
+        self.low_since: dict[str, int] = {}
+        self.announced: dict[str, dict[str, int]] = {"attention_head_dead": {}, "dead_layers": {}}
+        self.plateau_on: tuple[int, float] | None = None
+        self.spike: list[Any] | None = None
         self.last_fired: dict[str, int] = {}
+        self.last_severity: dict[str, str] = {}
 
     def _ready(self, kind: str, step: int) -> bool:
         return kind not in self.last_fired or step - self.last_fired[kind] >= self.config.cooldown_steps
+
+    def _may_fire(self, kind: str, step: int, severity: str) -> bool:
+        return self._ready(kind, step) or SEVERITY_RANK[severity] < SEVERITY_RANK[self.last_severity[kind]]
 
     def _fire(
         self,
@@ -52,8 +69,12 @@ class FullHistoryEngine:
         value: float | None,
         threshold: float | None,
         layers: list[str] | None = None,
+        *,
+        end_of: int | None = None,
     ) -> None:
-        self.last_fired[kind] = step
+        if end_of is None:
+            self.last_fired[kind], self.last_severity[kind] = step, severity
+        lasting = self.episodes and kind in ("attention_head_dead", "dead_layers", "loss_plateau")
         out.append(
             Signal(
                 type=kind,
@@ -64,6 +85,9 @@ class FullHistoryEngine:
                 threshold=threshold,
                 layers=layers or [],
                 message="-",
+                episode=("end" if end_of is not None else "start") if lasting else None,
+                since_step=end_of,
+                duration_steps=None if end_of is None else step - end_of,
             )
         )
 
@@ -71,11 +95,15 @@ class FullHistoryEngine:
         cfg, step = self.config, snap.step
         self.history.append(snap)
         out: list[Signal] = []
-        finite = [s.loss for s in self.history if math.isfinite(s.loss)]
-        if not math.isfinite(snap.loss):
-            if self._ready("loss_nonfinite", step):
-                self._fire(out, "loss_nonfinite", "critical", step, None, None)
-        else:
+        finite = [(s.step, s.loss) for s in self.history if math.isfinite(s.loss)]
+        loss_ok = math.isfinite(snap.loss)
+        if not loss_ok and self._ready("loss_nonfinite", step):
+            self._fire(out, "loss_nonfinite", "critical", step, None, None)
+        if self.episodes and _nonfinite_grad(snap):
+            self._grad_nonfinite(out, snap, loss_ok)
+        if loss_ok and self.episodes:
+            self._loss_spike(out, step, snap.loss, [loss for _, loss in finite[:-1]])
+        if loss_ok:
             since_nonfinite: list[float] = []
             for s in self.history:
                 if math.isfinite(s.loss):
@@ -112,32 +140,91 @@ class FullHistoryEngine:
                         g,
                         (cfg.spike_critical_ratio if crit else cfg.spike_ratio) * base,
                     )
-        for name, norm in (snap.grad_norms or {}).items():
-            streaks = self.attn_streaks if self._attn.search(name) else self.layer_streaks
+        norms = snap.grad_norms or {}
+        recovered: dict[str, list[str]] = {"attention_head_dead": [], "dead_layers": []}
+        for name, norm in norms.items():
+            kind = "attention_head_dead" if self._attn.search(name) else "dead_layers"
+            streaks = self.attn_streaks if kind == "attention_head_dead" else self.layer_streaks
             if norm < cfg.dead_grad_norm:
+                if name not in streaks:
+                    self.low_since[name] = step
                 streaks[name] = streaks.get(name, 0) + 1
             else:
                 streaks.pop(name, None)
+                if name in self.announced[kind]:
+                    recovered[kind].append(name)
         for kind, streaks in (("attention_head_dead", self.attn_streaks), ("dead_layers", self.layer_streaks)):
+            if self.episodes and recovered[kind]:
+                since = {n: self.announced[kind].pop(n) for n in sorted(recovered[kind])}
+                value = max((norms[n] for n in since if math.isfinite(norms[n])), default=None)
+                self._fire(out, kind, "info", step, value, cfg.dead_grad_norm, list(since), end_of=min(since.values()))
             dead = sorted(n for n, c in streaks.items() if c >= cfg.dead_streak)
+            if self.episodes:
+                dead = [n for n in dead if n not in self.announced[kind]]
             if dead and self._ready(kind, step):
-                norms = snap.grad_norms or {}
-                self._fire(
-                    out,
-                    kind,
-                    "warn",
-                    step,
-                    max((norms[n] for n in dead if n in norms), default=0.0),
-                    cfg.dead_grad_norm,
-                    dead,
-                )
+                if self.episodes:
+                    self.announced[kind].update({n: self.low_since[n] for n in dead})
+                value = max((norms[n] for n in dead if n in norms), default=0.0)
+                self._fire(out, kind, "warn", step, value, cfg.dead_grad_norm, dead)
         window = finite[-cfg.plateau_window :]
-        if math.isfinite(snap.loss) and len(window) == cfg.plateau_window:
-            mean = math.fsum(window) / len(window)
-            var = math.fsum((x - mean) ** 2 for x in window) / len(window)
-            if (var < cfg.plateau_ratio * mean * mean or var == 0.0) and self._ready("loss_plateau", step):
-                self._fire(out, "loss_plateau", "info", step, var / (mean * mean) if mean else 0.0, cfg.plateau_ratio)
+        if loss_ok and len(window) == cfg.plateau_window:
+            self._plateau(out, step, window)
         return out
+
+    def _grad_nonfinite(self, out: list[Signal], snap: StepSnapshot, loss_ok: bool) -> None:
+        cfg = self.config
+        bad = sorted(n for n, v in (snap.grad_norms or {}).items() if not math.isfinite(v))
+        values = [snap.max_grad, *(snap.grad_norms or {}).values()]
+        nan = any(v is not None and math.isnan(v) for v in values)
+        count = sum(_nonfinite_grad(s) for s in self.history[-cfg.overflow_window :])
+        severity = "critical" if nan and loss_ok else "warn" if count >= cfg.overflow_repeat else "info"
+        if self._may_fire("grad_nonfinite", snap.step, severity):
+            threshold = float(cfg.overflow_repeat) if severity == "warn" else None
+            self._fire(out, "grad_nonfinite", severity, snap.step, float(count), threshold, bad)
+
+    def _loss_spike(self, out: list[Signal], step: int, loss: float, previous: list[float]) -> None:
+        cfg = self.config
+        if self.spike is not None:
+            base, since, high, crit = self.spike
+            if loss > cfg.loss_spike_ratio * base:
+                self.spike = [base, since, high + 1, crit or high + 1 >= cfg.loss_spike_persist]
+                if high + 1 >= cfg.loss_spike_persist and not crit and self._may_fire("loss_spike", step, "critical"):
+                    self._fire(out, "loss_spike", "critical", step, loss / base, cfg.loss_spike_ratio)
+                return
+            self.spike = None
+        window = previous[-cfg.loss_spike_window :]
+        if len(window) < cfg.loss_spike_window:
+            return
+        base = math.fsum(window) / len(window)
+        std = math.sqrt(math.fsum((x - base) ** 2 for x in window) / len(window))
+        if base > 0 and loss > cfg.loss_spike_ratio * base and loss - base > cfg.loss_spike_sigmas * std:
+            crit = loss / base > cfg.loss_spike_critical_ratio
+            self.spike = [base, step, 1, crit]
+            severity = "critical" if crit else "warn"
+            if self._may_fire("loss_spike", step, severity):
+                limit = cfg.loss_spike_critical_ratio if crit else cfg.loss_spike_ratio
+                self._fire(out, "loss_spike", severity, step, loss / base, limit)
+
+    def _plateau(self, out: list[Signal], step: int, window: list[tuple[int, float]]) -> None:
+        cfg = self.config
+        losses = [loss for _, loss in window]
+        mean = math.fsum(losses) / len(losses)
+        if self.episodes and self.plateau_on is not None:
+            since, level = self.plateau_on
+            if abs(mean - level) > cfg.plateau_exit * abs(level):
+                self.plateau_on = None
+                moved = (mean - level) / abs(level) if level else None
+                self._fire(out, "loss_plateau", "info", step, moved, cfg.plateau_exit, end_of=since)
+            return
+        var = math.fsum((x - mean) ** 2 for x in losses) / len(losses)
+        flat = var == 0.0 or (
+            var < cfg.plateau_ratio * mean * mean
+            and (not self.episodes or abs(trend_change(losses)) < cfg.plateau_trend * abs(mean))
+        )
+        if flat and self._ready("loss_plateau", step):
+            self._fire(out, "loss_plateau", "info", step, var / (mean * mean) if mean else 0.0, cfg.plateau_ratio)
+            if self.episodes:
+                self.plateau_on = (window[0][0], mean)
 
 
 def synthetic_snapshots(n: int, start: int = 0, seed: int = 0, layers: int = LAYERS) -> list[StepSnapshot]:
@@ -165,14 +252,15 @@ def synthetic_snapshots(n: int, start: int = 0, seed: int = 0, layers: int = LAY
     return out
 
 
-def engine_throughput() -> None:
+def engine_throughput(config: EngineConfig) -> dict[int, float]:
     """Per-step cost of the incremental engine at 1k, 100k and 1M steps of history, and of the
     full-history reference at 1k and 100k (timed over 100 steps after pre-filling its history). This
     thread's CPU time, so other processes on the machine do not show up as a per-step cost."""
-    engine = SignalEngine()
+    engine = SignalEngine(config)
     marks: dict[int, float] = {}
     done, fired, total_time = 0, 0, 0.0
-    print(f"engine, {LAYERS} layers of grad norms per step (CPU time)")
+    rules = "the seed's rules" if config.seed_rules else "the default rules"
+    print(f"engine, {rules}, {LAYERS} layers of grad norms per step (CPU time)")
     while done < 1_000_000:
         n = 1_000 if done == 0 else min(99_000 if done == 1_000 else 100_000, 1_000_000 - done)
         snaps = synthetic_snapshots(n, start=done)
@@ -191,7 +279,7 @@ def engine_throughput() -> None:
             )
     print(f"  incremental   1M steps in {total_time:.2f} s: {1_000_000 / total_time:,.0f} steps/s, {fired:,} signals")
     for size in (1_000, 100_000):
-        full = FullHistoryEngine()
+        full = FullHistoryEngine(config)
         light = synthetic_snapshots(size - 100)
         full.history = [
             StepSnapshot.model_construct(
@@ -216,6 +304,7 @@ def engine_throughput() -> None:
             flush=True,
         )
     print(f"  incremental per-step cost, 1M vs 1k steps of history: {marks[1_000_000] / marks[1_000]:.2f}× (flat ≈ 1)")
+    return marks
 
 
 def emitter_overhead(n_embd: int = 32, n_layer: int = 2, steps: int = 1000) -> None:
@@ -325,7 +414,12 @@ def checkpoint_size() -> None:
 
 
 def main() -> None:
-    engine_throughput()
+    seed = engine_throughput(EngineConfig(seed_rules=True))
+    default = engine_throughput(EngineConfig())
+    print(
+        "  the default rules (loss_spike, grad_nonfinite, plateau trend, episodes) against the seed's, per step: "
+        + ", ".join(f"{default[n] / seed[n]:.2f}× at {n:,}" for n in (1_000, 100_000, 1_000_000))
+    )
     emitter_overhead()  # the tests' model: the smallest step, so the largest share
     emitter_overhead(n_embd=128, n_layer=4, steps=300)
     checkpoint_size()

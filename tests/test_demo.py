@@ -32,6 +32,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             "top changed",
             "trainspect watch",
             "gradient_spike",
+            "loss_spike",  # the learning-rate ramp's loss jump (the seed's five detectors miss it)
             "trainspect sae diff",
             "changed under the stated rule",
             "residual drift",
@@ -43,6 +44,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             "trainspect model-diff",
             "robustness",
             "trainspect regressions",
+            "trainspect analysis",
+            "gradient waterfall",
         ):
             assert text in proc.stdout, text
         cards = httpx.get(f"http://127.0.0.1:{port}/api/sessions/demo/cards", timeout=10).json()
@@ -61,6 +64,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             ("modelDiff", 2),
             ("regressions", 1),
             ("session", 2),
+            ("analysisView", 1),
         ):
             assert kinds.count(kind) == n, (kind, kinds)
         if chromium_path():  # the page as a user opens it: every card drawn by its own renderer

@@ -29,6 +29,7 @@ EXPECTED = {
     "run_sae_align",
     "run_merge_analysis",
     "run_trajectory_analysis",
+    "run_analysis_view",
     "run_model_diff",
     "get_regressions",
     "start_tool",

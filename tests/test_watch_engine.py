@@ -1,6 +1,7 @@
-"""The signal engine: each detector fires at a known step with a known severity on a hand-built metrics
-file, its near miss does not, cooldown and same-step signals behave as designed, and the incremental
-engine agrees with the full-history reference design on random streams."""
+"""The signal engine under the seed's rules (`seed_rules=True`): each of the five detectors fires at a known
+step with a known severity on a hand-built metrics file, its near miss does not, cooldown and same-step
+signals behave as designed; and under either rule set the incremental engine agrees with the full-history
+reference design on random streams. The default rules' additions are in test_watch_rules.py."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ import random
 from pathlib import Path
 
 import pytest
-from watch_fixtures import ATTN, MLP, MLP2, steps, watch, write_jsonl, zigzag
+from watch_fixtures import ATTN, MLP, MLP2, steps, write_jsonl, zigzag
+from watch_fixtures import watch as watch_default
 
 from bench.watch import FullHistoryEngine
 from tools.watch.engine import EngineConfig, SignalEngine
+from tools.watch.models import WatchResult
 from tools.watch.snapshot import Signal, StepSnapshot
+
+SEED = EngineConfig(seed_rules=True)
+
+
+def watch(path: Path, **kw) -> WatchResult:
+    return watch_default(path, **{"seed_rules": True, **kw})
 
 
 def fired(tmp_path: Path, rows: list[dict], **kw) -> list[tuple[str, str, int]]:
@@ -200,7 +209,7 @@ def test_plateau_near_miss(tmp_path: Path) -> None:
 
 def test_plateau_uses_population_variance() -> None:
     # population variance 0.00399 < 0.004 fires; the sample variance (0.0042) would not
-    engine = SignalEngine()
+    engine = SignalEngine(SEED)
     amp = math.sqrt(0.00399)
     out = [s for i in range(1, 21) for s in engine.observe(StepSnapshot(step=i, loss=2.0 + amp * (-1) ** i))]
     assert [(s.type, s.step) for s in out] == [("loss_plateau", 20)]
@@ -209,7 +218,7 @@ def test_plateau_uses_population_variance() -> None:
 @pytest.mark.parametrize("ratio, want", [(0.25, []), (0.2501, [("loss_plateau", 20)])])
 def test_plateau_limit_is_strict(ratio: float, want: list) -> None:
     # losses 3, 1, 3, 1…: mean 2, population variance exactly 1 = 0.25 × mean², not below it
-    engine = SignalEngine(EngineConfig(plateau_ratio=ratio))
+    engine = SignalEngine(EngineConfig(plateau_ratio=ratio, seed_rules=True))
     assert [
         (s.type, s.step) for i in range(1, 21) for s in engine.observe(StepSnapshot(step=i, loss=2.0 + (-1) ** i))
     ] == want
@@ -254,7 +263,7 @@ def test_a_nonfinite_step_is_not_a_plateau_step(tmp_path: Path) -> None:
 
 # ----- several signals on one step --------------------------------------------------------------
 def test_simultaneous_signals_all_emitted_in_priority_order() -> None:
-    engine = SignalEngine()
+    engine = SignalEngine(SEED)
     out: list[Signal] = []
     for i in range(1, 32):
         gn = {MLP: 0.0 if i >= 27 else 0.5, ATTN: 0.5}
@@ -263,7 +272,7 @@ def test_simultaneous_signals_all_emitted_in_priority_order() -> None:
 
 
 def test_every_detector_on_one_step_keeps_priority_order() -> None:
-    cfg = EngineConfig(plateau_ratio=10.0, cooldown_steps=0)  # a rising window also counts as flat
+    cfg = EngineConfig(plateau_ratio=10.0, cooldown_steps=0, seed_rules=True)  # a rising window also counts as flat
     engine = SignalEngine(cfg)
     out: list[Signal] = []
     for i in range(1, 31):
@@ -287,15 +296,25 @@ def test_every_detector_on_one_step_keeps_priority_order() -> None:
 
 # ----- incremental vs the reference design ------------------------------------------------------
 def _random_stream(seed: int, n: int = 2500) -> list[StepSnapshot]:
+    """A random walk with jumps (loss × 1.5–8 that may stay up), flat stretches, NaN/inf losses, inf/NaN
+    gradient norms (global and per layer) and layers flickering dead: every detector of both rule sets."""
     rng = random.Random(seed)
     loss, out = 2.0, []
     for i in range(n):
         r = rng.random()
         loss = loss + rng.uniform(0, 0.1) if r < 0.35 else loss - rng.uniform(0, 0.1) if r < 0.65 else loss
+        if rng.random() < 0.01:
+            loss *= rng.uniform(1.5, 8.0)  # a jump; the walk may stay up or fall back
+        elif rng.random() < 0.01:
+            loss = 2.0
         bad = rng.random()
         value = float("nan") if bad < 0.01 else float("inf") if bad < 0.02 else loss
         g = rng.choice([None, rng.uniform(0.1, 1), rng.uniform(0.1, 1), rng.uniform(5, 30), float("inf")])
+        if rng.random() < 0.01:
+            g = float("nan")
         gn = {f"l{j}.{'attn' if j % 2 else 'mlp'}": (0.0 if rng.random() < 0.45 else 1.0) for j in range(4)}
+        if rng.random() < 0.01:
+            gn["l0.mlp"] = rng.choice([float("inf"), float("nan")])
         out.append(
             StepSnapshot(
                 step=i * 2, loss=value, max_grad=g, grad_norms=gn if rng.random() < 0.9 else None, epoch=i / 100
@@ -306,31 +325,39 @@ def _random_stream(seed: int, n: int = 2500) -> list[StepSnapshot]:
 
 def _key(s: Signal) -> tuple:
     r = lambda x: None if x is None else round(x, 9)  # noqa: E731
-    return s.type, s.severity, s.step, r(s.value), r(s.threshold), tuple(s.layers)
+    return s.type, s.severity, s.step, r(s.value), r(s.threshold), tuple(s.layers), s.episode, s.since_step
 
 
+ALL_TYPES = {"loss_nonfinite", "loss_diverging", "gradient_spike", "attention_head_dead", "dead_layers", "loss_plateau"}
+
+
+@pytest.mark.parametrize("seed_rules", [True, False], ids=["seed-rules", "default"])
 @pytest.mark.parametrize("seed", range(4))
-def test_incremental_engine_matches_full_history_reference(seed: int) -> None:
+def test_incremental_engine_matches_full_history_reference(seed: int, seed_rules: bool) -> None:
     stream = _random_stream(seed)
-    fast, ref = SignalEngine(), FullHistoryEngine()
+    cfg = EngineConfig(seed_rules=seed_rules)
+    fast, ref = SignalEngine(cfg), FullHistoryEngine(cfg)
     got = [_key(s) for snap in stream for s in fast.observe(snap)]
     want = [_key(s) for snap in stream for s in ref.observe(snap)]
     assert got == want
-    assert {k[0] for k in got} == {
-        "loss_nonfinite",
-        "loss_diverging",
-        "gradient_spike",
-        "attention_head_dead",
-        "dead_layers",
-        "loss_plateau",
-    }
+    kinds = {(k[0], k[1]) for k in got}
+    if seed_rules:
+        assert {k for k, _ in kinds} == ALL_TYPES
+    else:  # every new type at every severity, and both ends of every kind of episode
+        assert {k for k, _ in kinds} == ALL_TYPES | {"loss_spike", "grad_nonfinite"}
+        assert {sev for k, sev in kinds if k in ("loss_spike", "grad_nonfinite")} == {"warn", "critical", "info"}
+        assert {(k[0], k[6]) for k in got if k[6]} == {
+            (t, e) for t in ("attention_head_dead", "dead_layers", "loss_plateau") for e in ("start", "end")
+        }
 
 
-def test_state_round_trip_continues_identically() -> None:
+@pytest.mark.parametrize("seed_rules", [True, False], ids=["seed-rules", "default"])
+def test_state_round_trip_continues_identically(seed_rules: bool) -> None:
     stream = _random_stream(7, 1200)
-    whole = SignalEngine()
+    cfg = EngineConfig(seed_rules=seed_rules)
+    whole = SignalEngine(cfg)
     want = [_key(s) for snap in stream for s in whole.observe(snap)]
-    first = SignalEngine()
+    first = SignalEngine(cfg)
     got = [_key(s) for snap in stream[:600] for s in first.observe(snap)]
     resumed = SignalEngine.from_state(json.loads(json.dumps(first.state())))
     got += [_key(s) for snap in stream[600:] for s in resumed.observe(snap)]
@@ -345,3 +372,4 @@ def test_rolling_sums_do_not_drift() -> None:
     exact_mean = sum(w.values) / len(w.values)
     assert w.mean() == pytest.approx(exact_mean, rel=1e-12)
     assert w.variance() == pytest.approx(sum((x - exact_mean) ** 2 for x in w.values) / len(w.values), rel=1e-6)
+    assert w.change() == pytest.approx(w.exact_change(), rel=1e-6, abs=1e-12)

@@ -13,6 +13,7 @@ import pytest
 from watch_fixtures import steps, watch, write_jsonl
 
 from bench.watch import FullHistoryEngine
+from tools.watch.engine import EngineConfig
 from tools.watch.readers import JsonlReader, TableReader, detect_format
 from tools.watch.snapshot import StepSnapshot
 from toolserver.contract import ToolError
@@ -197,10 +198,11 @@ REAL = [
 ]
 
 
+@pytest.mark.parametrize("seed_rules", [True, False], ids=["seed-rules", "default"])
 @pytest.mark.parametrize("name", REAL)
-def test_real_logs_summary_and_signals_match_a_direct_parse(reallogs: Path, name: str) -> None:
+def test_real_logs_summary_and_signals_match_a_direct_parse(reallogs: Path, name: str, seed_rules: bool) -> None:
     path = reallogs / name
-    result = watch(path, max_signals=1000)
+    result = watch(path, max_signals=1000, seed_rules=seed_rules)
     rows, kept, last = _direct_losses(path), [], None
     for step, loss in rows:
         if last is None or step > last:
@@ -213,11 +215,14 @@ def test_real_logs_summary_and_signals_match_a_direct_parse(reallogs: Path, name
     finite = [loss for _, loss in kept if math.isfinite(loss)]
     assert (s.loss_first, s.loss_last, s.loss_min) == (finite[0], finite[-1], min(finite))
     assert s.bad_lines == 0
-    reference = FullHistoryEngine()
-    want = [(sig.type, sig.severity, sig.step) for snap in _snapshots(path) for sig in reference.observe(snap)]
+    reference = FullHistoryEngine(EngineConfig(seed_rules=seed_rules))
+    want = [
+        (sig.type, sig.severity, sig.step, sig.episode) for snap in _snapshots(path) for sig in reference.observe(snap)
+    ]
     assert result.signals_total == len(want)
-    assert s.signals_by_type == dict(Counter(t for t, _, _ in want))
-    got = [(sig.type, sig.severity, sig.step) for sig in result.signals]
+    assert s.signals_by_type == dict(Counter(t for t, _, _, e in want if e != "end"))
+    assert s.ended_by_type == dict(Counter(t for t, _, _, e in want if e == "end"))
+    got = [(sig.type, sig.severity, sig.step, sig.episode) for sig in result.signals]
     assert len(got) == min(len(want), 1000) and set(got) <= set(want)
 
 

@@ -139,11 +139,11 @@ def test_follow_reports_signals_before_the_writer_ends(tmp_path: Path) -> None:
         for t, typ, d, text in reporter.events
         if typ == "training.watch.signal"
     ]
-    assert [(k, s) for _, k, s, _ in signals] == [("dead_layers", 14), ("gradient_spike", 25), ("dead_layers", 44)]
+    assert [(k, s) for _, k, s, _ in signals] == [("dead_layers", 14), ("gradient_spike", 25)]  # dead once: an episode
     assert all(t < writer_end for t, *_ in signals)
     assert all(text and "step" in text for *_, text in signals)  # terminal lines while following
     steps_events = reporter.of("training.watch.step")
-    assert steps_events and {e["snapshot"]["step"] for e in steps_events} >= {14, 25, 44}
+    assert steps_events and {e["snapshot"]["step"] for e in steps_events} >= {14, 25}
     result = out["r"]
     assert result.summary.steps_seen == 60 and result.summary.bad_lines == 0
 
@@ -197,20 +197,27 @@ def test_runner_events_and_card_payload(tmp_path: Path) -> None:
     types = [e.type for e in mirror.events]
     assert types[0] == "tool.start" and types[-1] == "tool.result"
     signal_events = [e.data for e in mirror.events if e.type == "training.watch.signal"]
-    assert {(d["run"], d["signal"]["type"], d["signal"]["step"]) for d in signal_events} == {
-        ("exp-1", "attention_head_dead", 104),
-        ("exp-1", "gradient_spike", 5003),
+    assert {(d["run"], d["signal"]["type"], d["signal"]["step"], d["signal"]["episode"]) for d in signal_events} == {
+        ("exp-1", "attention_head_dead", 104, "start"),
+        ("exp-1", "attention_head_dead", 110, "end"),
+        ("exp-1", "gradient_spike", 5003, None),
     }
     assert "training.watch.step" not in types  # a replay sends the series once, in the card
     assert "training.watch.summary" in types and progress and progress[-1] == 1.0
     slim = mirror.events[-1].data["slim"]
-    assert set(slim) == {"run", "series", "signals", "summary"} and slim["run"] == "exp-1"
+    assert set(slim) == {"run", "series", "signals", "ongoing", "summary"} and slim["run"] == "exp-1"
     series = slim["series"]
     assert set(series) == {"step", "loss", "maxGrad"} and 150 <= len(series["step"]) <= 300
     assert len(series["loss"]) == len(series["maxGrad"]) == len(series["step"]) and series["step"][-1] == 10_000
     assert max(series["maxGrad"]) == 50.0  # a bucket keeps its largest maxGrad: the spike survives
     assert series["loss"][0] == pytest.approx(3.0, abs=0.02)
-    assert [s["type"] for s in slim["signals"]] == ["gradient_spike", "attention_head_dead"]
+    assert [(s["type"], s["episode"]) for s in slim["signals"]] == [
+        ("gradient_spike", None),
+        ("attention_head_dead", "start"),
+        ("attention_head_dead", "end"),
+    ]
+    end = slim["signals"][-1]
+    assert (end["since_step"], end["duration_steps"], end["layers"]) == (100, 10, [ATTN]) and not slim["ongoing"]
     json.dumps(slim, allow_nan=False)
     assert env.findings[0].text.startswith("gradient_spike ×1")
 
@@ -242,10 +249,17 @@ def test_table_lists_signals_and_summary(tmp_path: Path) -> None:
 
 
 def test_a_long_signal_stream_is_capped_without_hiding_a_rarer_signal(tmp_path: Path) -> None:
-    # a layer dead the whole run (dead_layers every 30 steps) and one late spike of the same severity
+    # under the seed's rules a layer dead the whole run fires every 30 steps; one late spike of the same severity
     rows = steps(20_000, grad_norms={MLP: 0.0}, max_grad=lambda i: 10.0 if i == 19_000 else 1.0)
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    default = watch(path)
+    assert [(s.type, s.step, s.episode) for s in default.signals] == [
+        ("dead_layers", 5, "start"),
+        ("gradient_spike", 19_000, None),
+    ]
+    assert [(e.type, e.since_step, e.layers) for e in default.ongoing] == [("dead_layers", 1, [MLP])]
     reporter = RecordingReporter()
-    result = watch(write_jsonl(tmp_path / "m.jsonl", rows), reporter, max_signals=10)
+    result = watch(path, reporter, max_signals=10, seed_rules=True)
     dead = len(range(5, 20_001, 30))
     assert result.signals_total == dead + 1 and result.summary.signals_by_type["dead_layers"] == dead
     assert len(result.signals) == 10 and len(reporter.of("training.watch.signal")) == 200

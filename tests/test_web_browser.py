@@ -30,7 +30,8 @@ from web_fixtures import (
     tool_call,
 )
 
-from toolserver.registry import all_tools
+from toolserver.registry import all_tools, get_tool
+from toolserver.runner import invoke
 from web_mirror.client import MirrorClient
 
 pytestmark = pytest.mark.skipif(
@@ -417,6 +418,42 @@ def test_a_real_watch_run_from_the_cli_renders_its_slim_payload(
     assert len(feed) == len(result["signals"]) and "step 50" in feed[0].inner_text()
     assert "spiky" in node.query_selector("h3").inner_text()
     node.screenshot(path=str(ARTIFACTS / "web-watch-cli-card.png"))
+
+
+def test_the_watch_card_shows_a_loss_jump_an_overflow_and_episodes(
+    server: MirrorServer, page: Any, tmp_path: Path
+) -> None:
+    """The default rules on the card: the jump and the overflow marked on their sparklines, a dead layer's
+    start and its end with how long it lasted, and the plateau after the jump listed as ongoing."""
+    mlp = "model.layers.1.mlp.down_proj"
+    rows = [
+        {
+            "step": i,
+            "loss": 2.5 * math.exp(-i / 30) + 0.3 + 0.05 * (-1) ** i if i < 80 else 7.5 + 0.001 * (-1) ** i,
+            "maxGrad": "Infinity" if i == 40 else 1.0 + 0.01 * (i % 7),
+            "gradNorms": {"model.layers.0.self_attn.q_proj": 0.4, mlp: 0.0 if 20 <= i < 50 else 0.3},
+        }
+        for i in range(1, 141)
+    ]
+    metrics = "".join(json.dumps(r).replace('"Infinity"', "Infinity") + "\n" for r in rows)
+    path = tmp_path / "jump.jsonl"
+    path.write_text(metrics)
+    open_session(page, server, "default")
+    mirror = MirrorClient(server.url)
+    try:
+        env = invoke(get_tool("watch"), {"metrics": str(path), "run": "jump"}, mirror=mirror, call_id="watch-jump")
+    finally:
+        mirror.close()
+    by = {(s.type, s.episode): s for s in env.result.signals}
+    assert by[("loss_spike", None)].step == 80 and by[("grad_nonfinite", None)].step == 40
+    assert by[("dead_layers", "end")].duration_steps == 30
+    node = card(page, "watch-jump")
+    loss, grad = node.query_selector_all("svg.spark")
+    assert loss.query_selector_all("line.marker") and len(grad.query_selector_all("line.marker")) == 1
+    assert "ended · 30 steps" in node.inner_text()
+    ongoing = node.query_selector_all(".ongoing li")
+    assert len(ongoing) == 1 and "loss_plateau" in ongoing[0].inner_text() and "since step" in ongoing[0].inner_text()
+    node.screenshot(path=str(ARTIFACTS / "web-watch-episodes.png"))
 
 
 def test_every_registered_card_kind_draws_a_real_run_with_its_own_renderer(

@@ -67,6 +67,32 @@ def trajectory_run(models: dict[str, Path], work: Path) -> Path:
     return out
 
 
+def analysis_run(work: Path) -> Path:
+    """A tiny real training run (30 steps, clip norm 1) writing analysis checkpoints, its step log beside them."""
+    import torch
+    from watch_fixtures import BATCH, sequences, tiny_lm
+
+    from tools.watch import StepLogger
+    from tools.watch.analysis_checkpoint import AnalysisConfig
+
+    out = work / "analysis <i>run</i>"
+    model = tiny_lm()
+    model.config._attn_implementation = "eager"  # attention weights are returned only by eager attention
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    data = sequences(30 * BATCH)
+    config = AnalysisConfig(grad_clip=1.0)
+    with StepLogger(model, path=out / "metrics.jsonl", analysis_dir=out / "analysis", analysis=config) as log:
+        for step in range(1, 31):
+            x = data[(step - 1) * BATCH : step * BATCH]
+            opt.zero_grad()
+            outputs = model(input_ids=x, labels=x, output_attentions=True)
+            outputs.loss.backward()
+            log.step(step, outputs.loss, opt, attentions=outputs.attentions)  # before clipping: pre-clip gradients
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    return out / "analysis"
+
+
 def run_every_tool(
     models: dict[str, Path], work: Path, *, mirror: Any | None = None, session: str = "every-tool"
 ) -> list[tuple[ToolSpec[Any, Any], Envelope[Any]]]:
@@ -89,6 +115,7 @@ def run_every_tool(
         ("run_model_diff", {"checkpoint": str(models["full"]), "name": "full <ft>", "eval": str(hostile_eval(work))}),
         ("get_regressions", {}),
         ("watch", {"metrics": str(watch_log(work / "run" / "metrics.jsonl")), "run": "tiny-run"}),
+        ("run_analysis_view", {"dir": str(analysis_run(work))}),
         ("session_status", {}),
     ]
     out = []

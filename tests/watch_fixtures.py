@@ -86,13 +86,15 @@ class RecordingReporter:
 VOCAB, SEQ, BATCH = 64, 16, 16
 
 
-def tiny_lm(seed: int = 0) -> Any:
-    """A 2-layer GPT-2 (d_model 32) with the framework's real module names."""
+def tiny_lm(seed: int = 0, n_layer: int = 2) -> Any:
+    """A GPT-2 (d_model 32, 2 layers unless told) with the framework's real module names."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=n_layer, n_head=2, bos_token_id=0, eos_token_id=0
+    )
     return GPT2LMHeadModel(cfg)
 
 

@@ -75,9 +75,10 @@ def demo_corpus() -> Path:
     return path
 
 
-def record_training_log(base: Path, steps: int = 240, ramp_from: int = 100, ramp: float = 1.04) -> Path:
+def record_training_log(base: Path, steps: int = 240, ramp_from: int = 100, ramp: float = 1.04) -> tuple[Path, Path]:
     """A real short training run logged with StepLogger, for the watch card: healthy at first, then
-    the learning rate grows ×1.04 per step so the engine has something to say."""
+    the learning rate grows ×1.04 per step so the engine has something to say; with its analysis
+    checkpoints (for the analysis card). Returns (the step log, the analysis folder)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,27 +86,29 @@ def record_training_log(base: Path, steps: int = 240, ramp_from: int = 100, ramp
     from tools.watch import StepLogger
 
     path = DEMO / "run" / "metrics.jsonl"
-    if path.exists():
-        return path
+    analysis = DEMO / "run" / "analysis"
+    if path.exists() and analysis.is_dir():
+        return path, analysis
+    shutil.rmtree(analysis, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager")  # eager returns attention weights
     batch = tok(CORPUS.splitlines()[:8], return_tensors="pt", padding=True, truncation=True, max_length=32)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    log = StepLogger(model, path=path)
+    log = StepLogger(model, path=path, analysis_dir=analysis)
     for step in range(1, steps + 1):
         if step > ramp_from:
             for group in optimizer.param_groups:
                 group["lr"] *= ramp
-        loss = model(**batch, labels=labels).loss
+        out = model(**batch, labels=labels, output_attentions=True)
         optimizer.zero_grad()
-        loss.backward()
-        log.step(step, loss, optimizer, epoch=step // 40)
+        out.loss.backward()
+        log.step(step, out.loss, optimizer, epoch=step // 40, attentions=out.attentions)
         optimizer.step()
     log.close()
-    return path
+    return path, analysis
 
 
 def trainer_checkpoints(base: Path) -> Path:
@@ -126,7 +129,7 @@ def main() -> None:
     os.environ["TRAINSPECT_MIRROR_URL"] = URL
     print("building a tiny GPT-2-style model, a real fine-tune and a real LoRA adapter …")
     base, full, lora = build_models()
-    metrics = record_training_log(base)
+    metrics, analysis = record_training_log(base)
     start_mirror(home)
 
     corpus, saes = demo_corpus(), DEMO / "saes"
@@ -162,6 +165,7 @@ def main() -> None:
         ["model-diff", "--checkpoint", str(lora), "--name", "lora"],
         ["regressions"],
         ["watch", "--metrics", str(metrics), "--run", "demo-run"],
+        ["analysis", "--dir", str(analysis)],
         ["session", "status"],
     ]
     for argv in steps:

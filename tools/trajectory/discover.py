@@ -16,26 +16,10 @@ from pathlib import Path
 
 from session.checkpoints import CheckpointReader, align, open_checkpoint
 from tools.trajectory.models import Entry, StepSource, TrajectoryInput
+from tools.trajectory.weights_files import is_checkpoint_dir, is_weights_file
 from toolserver.contract import ToolError, missing
 
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-NOT_WEIGHTS = re.compile(r"^(?:optimizer|scheduler|scaler|training_args|rng_state[^.]*)\.(?:pt|pth|bin)$")
-DIR_MARKERS = (
-    "adapter_config.json",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-)
 _DIGITS = re.compile(r"\d+")
-
-
-def is_checkpoint_dir(path: Path) -> bool:
-    return any((path / m).is_file() for m in DIR_MARKERS)
-
-
-def is_weights_file(path: Path) -> bool:
-    return path.suffix.lower() in WEIGHT_SUFFIXES and not NOT_WEIGHTS.match(path.name)
 
 
 def candidates(args: TrajectoryInput) -> tuple[str, list[Path]]:

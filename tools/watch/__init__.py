@@ -22,7 +22,11 @@ SPEC = ToolSpec(
     card="watch",
     summary=(
         "Signals from a training run's step events (loss, learning rate, max grad norm, per-layer grad norms): "
-        "divergence, gradient spikes, dead attention/other layers, plateaus, non-finite loss. Reads a JSONL step log, "
+        "loss spikes (> 2× the recent mean and > 6σ), divergence, gradient spikes, non-finite loss or gradients "
+        "(overflow, repeated overflows, NaN), dead attention/other layers, plateaus (flat variance and trend). A "
+        "plateau or dead layer is an episode: one signal when it starts, one (episode='end', duration_steps) when it "
+        "clears, listed in `ongoing` meanwhile; seed_rules=true gives the design seed's five detectors, re-firing "
+        "every cooldown. Reads a JSONL step log, "
         "a Hugging Face trainer_state.json or a Lightning metrics.csv; cost: no model, no GPU, ~40k steps/s when "
         "replaying. "
         "For a run still training call again with since_last=true to get only new signals (or follow=true to tail it). "

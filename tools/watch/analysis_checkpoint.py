@@ -1,41 +1,64 @@
 """Analysis checkpoints: dense, small snapshots of a model's insides during training — per-tensor
-statistics and histograms of weights and gradients, sampled 32×32 grids of weights, activation statistics,
-attention entropy per head — written on a logarithmic cadence plus when something looks wrong.
+statistics and histograms of weights and gradients, sampled 32×32 grids of weights and gradients, each
+trainable weight's movement from the first checkpoint, activation statistics, attention entropy per head —
+written on a logarithmic cadence plus when something looks wrong.
 
 Cadence: every 10 steps up to 100, every 50 up to 1000, every 200 up to 10000, then every 1000.
 Triggers (each on its rising edge, so a lasting condition writes one extra checkpoint, not one per
 step): loss above `loss_spike_ratio` × the mean of the previous `loss_window` losses; global grad norm
 above `grad_norm_threshold`; a trainable parameter newly at a grad norm below `dead_param_norm`.
 
-Sizes: statistics keep 4 significant digits, grid cells 3; histograms are counts in equal bins over
+Sizes: statistics keep 4 significant digits (movement 5), grid cells 3; histograms are counts in equal bins over
 [lo, hi] (32 for weights, 16 for gradients, which also skip percentiles); percentiles of a tensor
 larger than `sample_size` come from an evenly strided sample of that size (mean, std, min, max and the
 histogram always use every element); grids are stored for at most `max_grids` weight matrices spread
-across depth. A 0.5B-parameter model comes to about 200 KB (bench/watch.py).
+across depth, and their gradients get a grid of the same rows and columns. A 0.5B-parameter model comes
+to about 275 KB (bench/watch.py).
+
+Movement: at its first checkpoint the recorder keeps a float32 CPU copy of every trainable parameter
+(requires_grad) — the whole tensor up to `movement_sample` elements, else an evenly strided sample of that
+many (`movement_sample=0`: every element) — and each later checkpoint records ‖w − w_ref‖ / ‖w_ref‖ on those
+elements (exact for tensors that fit, an estimate for the rest; the file's `movement` block says which
+sample size was used). The estimate tightens with the sample (tests/test_analysis_recorder.py: 300 of 2–4k
+elements within 10%, 1,000 within 5%); a stride that divides a matrix's row length sees only some of its
+columns. About 4 × movement_sample bytes per large tensor: 45 MB for a 0.5B model.
+
+Gradients are those present when `record()` runs — StepLogger.step, after backward and before
+optimizer.step. Call it before `clip_grad_norm_` to record pre-clip gradients, which is what lets a viewer
+count clipped steps against `grad_clip`; recorded after clipping, the global norm never exceeds the clip.
 The file carries `schema_version`; readers refuse any version they do not know.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from torch import nn
 
-from toolserver.contract import ToolError, atomic_write, now_iso
+from tools.watch.analysis_schema import (
+    GRID,
+    PERCENTILES,
+    SCHEMA_VERSION,
+    ActivationStats,
+    AnalysisCheckpoint,
+    AttentionStats,
+    Histogram,
+    Movement,
+    Reason,
+    TensorStats,
+    read_analysis_checkpoint,
+)
+from toolserver.contract import atomic_write
 
-SCHEMA_VERSION = "trainspect.analysis.v1"
-PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-GRID = 32
+__all__ = ["PERCENTILES", "SCHEMA_VERSION", "read_analysis_checkpoint"]  # the file's schema, from analysis_schema
 DEFAULT_ACTIVATION_REGEX = r"(^|\.)(h|layers|blocks|layer)\.\d+(\.(attn|self_attn|attention|mlp))?$"
-Reason = Literal["scheduled", "loss_spike", "grad_norm", "dead_param"]
 
 
 class AnalysisConfig(BaseModel):
@@ -48,54 +71,15 @@ class AnalysisConfig(BaseModel):
     loss_window: int = Field(20, ge=2, description="losses in that moving average")
     grad_norm_threshold: float = Field(10.0, gt=0, description="trigger: global grad norm above this")
     dead_param_norm: float = Field(1e-10, ge=0, description="trigger: a trainable parameter's grad norm below this")
-
-
-class Histogram(BaseModel):
-    lo: float
-    hi: float
-    counts: list[int] = Field(description="equal-width bins over [lo, hi]")
-
-
-class Moments(BaseModel):
-    """What every summarised tensor records; the subclasses add their own fields after these."""
-
-    shape: list[int]
-    mean: float
-    std: float
-    min: float
-    max: float
-
-
-class TensorStats(Moments):
-    norm: float = Field(description="L2 norm")
-    percentiles: list[float] | None = Field(None, description=f"at {list(PERCENTILES)} (weights only)")
-    histogram: Histogram
-    grid: list[list[float]] | None = Field(None, description="evenly spaced rows × columns, at most 32×32")
-
-
-class ActivationStats(Moments):
-    sparsity: float = Field(description="fraction of elements with |x| <= 1e-6")
-
-
-class AttentionStats(BaseModel):
-    entropy_per_head: list[float] = Field(description="mean over batch and queries of −Σ p log p (nats)")
-    max_attn_per_head: list[float] = Field(description="mean over batch and queries of the largest weight")
-    grid_per_head: list[list[list[float]]] = Field(
-        description="first sequence's pattern per head, sampled to at most 32×32"
+    movement_sample: int = Field(
+        65_536,
+        ge=0,
+        description="elements of each trainable parameter kept as the movement reference (larger tensors: an evenly "
+        "strided sample of this many); 0 keeps every element",
     )
-
-
-class AnalysisCheckpoint(BaseModel):
-    schema_version: Literal["trainspect.analysis.v1"] = SCHEMA_VERSION
-    step: int
-    loss: float | None = None
-    reasons: list[Reason]
-    created_at: str = Field(default_factory=now_iso)
-    n_params: int
-    weights: dict[str, TensorStats]
-    gradients: dict[str, TensorStats]
-    activations: dict[str, ActivationStats] = Field(default_factory=dict)
-    attention: dict[str, AttentionStats] = Field(default_factory=dict)
+    grad_clip: float | None = Field(
+        None, gt=0, description="the run's gradient clip norm, written into each checkpoint for the viewer"
+    )
 
 
 def _r(x: float, digits: int = 4) -> float:
@@ -128,10 +112,14 @@ def tensor_stats(t: torch.Tensor, cfg: AnalysisConfig, *, gradient: bool = False
         q = torch.quantile(sample, torch.tensor(PERCENTILES, dtype=torch.float32) / 100)
         percentiles = [_r(v) for v in q.tolist()]
     scalars = torch.stack([mean, std, lo, hi, norm]).tolist()
-    if hi > lo:
-        counts = [int(c) for c in torch.histc(flat, bins=bins, min=scalars[2], max=scalars[3]).tolist()]
+    values, h_lo, h_hi = flat, scalars[2], scalars[3]
+    if not math.isfinite(scalars[4]):  # NaN/inf (an overflowed step): the histogram counts the finite elements
+        values = flat[torch.isfinite(flat)]
+        h_lo, h_hi = torch.stack([values.min(), values.max()]).tolist() if values.numel() else (0.0, 0.0)
+    if h_hi > h_lo:
+        counts = [int(c) for c in torch.histc(values, bins=bins, min=h_lo, max=h_hi).tolist()]
     else:  # a constant tensor: everything in the first bin
-        counts = [flat.numel()] + [0] * (bins - 1)
+        counts = [values.numel()] + [0] * (bins - 1)
     return TensorStats(
         shape=list(t.shape),
         mean=_r(scalars[0]),
@@ -140,7 +128,7 @@ def tensor_stats(t: torch.Tensor, cfg: AnalysisConfig, *, gradient: bool = False
         max=_r(scalars[3]),
         norm=_r(scalars[4]),
         percentiles=percentiles,
-        histogram=Histogram(lo=_r(scalars[2]), hi=_r(scalars[3]), counts=counts),
+        histogram=Histogram(lo=_r(h_lo), hi=_r(h_hi), counts=counts),
         grid=sampled_grid(t) if grid else None,
     )
 
@@ -199,12 +187,13 @@ def summarise(
             n_params += weight.numel()
             weights[name] = tensor_stats(weight, cfg, grid=name in grid_names)
             if grad is not None:
-                gradients[name] = tensor_stats(grad, cfg, gradient=True)
+                gradients[name] = tensor_stats(grad, cfg, gradient=True, grid=name in grid_names)
     return AnalysisCheckpoint(
         step=step,
         loss=loss if loss is None or math.isfinite(loss) else None,
         reasons=reasons,
         n_params=n_params,
+        grad_clip=cfg.grad_clip,
         weights=weights,
         gradients=gradients,
     )
@@ -247,6 +236,33 @@ class Triggers:
         return out  # type: ignore[return-value]
 
 
+class MovementReference:
+    """Each trainable parameter as it was at the first checkpoint (see the module docstring), and how far it
+    has moved since."""
+
+    def __init__(self, step: int, sample: int, params: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.block = Movement(reference_step=step, sample=sample)
+        self._kept = {name: self._elements(p, copy=True) for name, p in params}
+
+    def _elements(self, t: torch.Tensor, copy: bool) -> torch.Tensor:
+        flat = t.detach().reshape(-1)
+        sample = self.block.sample
+        if sample and flat.numel() > sample:
+            flat = flat[_index(flat.numel(), sample).to(flat.device)]  # a gather: already a copy
+            copy = False
+        return flat.to("cpu", torch.float32, copy=copy)
+
+    def moved(self, name: str, t: torch.Tensor) -> tuple[float | None, float | None]:
+        """(‖w − w_ref‖ / ‖w_ref‖, None), or (None, RMS of w − w_ref) when ‖w_ref‖ = 0; (None, None) for a
+        parameter without a reference (one that became trainable later)."""
+        ref = self._kept.get(name)
+        if ref is None:
+            return None, None
+        delta = torch.linalg.vector_norm(self._elements(t, copy=False) - ref).item()
+        base = torch.linalg.vector_norm(ref).item()
+        return (_r(delta / base, 5), None) if base > 0 else (None, _r(delta / math.sqrt(ref.numel()), 5))
+
+
 class AnalysisRecorder:
     """Writes `analysis_{step:08d}.json` files into `out_dir`.
 
@@ -264,6 +280,7 @@ class AnalysisRecorder:
         self._activations: dict[str, ActivationStats] = {}
         self._patterns: dict[str, AttentionStats] = {}
         self._grid_names = grid_picks([(n, p.dim()) for n, p in model.named_parameters()], cfg.max_grids)
+        self.reference: MovementReference | None = None  # taken at the first checkpoint
         self.written: list[Path] = []
 
     def arm(self) -> None:
@@ -317,7 +334,18 @@ class AnalysisRecorder:
         tensors = ((n, p, p.grad) for n, p in self.model.named_parameters())
         checkpoint = summarise(step, loss, reasons, tensors, self.cfg, self._grid_names)
         checkpoint.activations, checkpoint.attention = activations, patterns
+        self._measure_movement(checkpoint)
         return self._write(checkpoint)
+
+    def _measure_movement(self, checkpoint: AnalysisCheckpoint) -> None:
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        with torch.no_grad():
+            if self.reference is None:
+                self.reference = MovementReference(checkpoint.step, self.cfg.movement_sample, trainable)
+            for name, p in trainable:
+                stats = checkpoint.weights[name]
+                stats.moved, stats.moved_rms = self.reference.moved(name, p)
+        checkpoint.movement = self.reference.block
 
     def _write(self, checkpoint: AnalysisCheckpoint) -> Path:
         """Write-then-rename: a dashboard polling the folder never reads half a file."""
@@ -326,24 +354,3 @@ class AnalysisRecorder:
         atomic_write(path, checkpoint.model_dump_json(exclude_none=True))
         self.written.append(path)
         return path
-
-
-def read_analysis_checkpoint(path: str | Path) -> AnalysisCheckpoint:
-    """Load one checkpoint, refusing schema versions this code does not know."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ToolError(f"cannot read analysis checkpoint {path}: {e}", "expected an analysis_*.json file") from None
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
-        raise ToolError(
-            f"analysis checkpoint {path} has schema_version {version!r}; this trainspect reads {SCHEMA_VERSION!r}",
-            "re-record it with this version of trainspect, or read it with the version that wrote it",
-        )
-    try:
-        return AnalysisCheckpoint.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ToolError(f"analysis checkpoint {path} is malformed at {where}: {err['msg']}", "re-record it") from None

@@ -186,6 +186,9 @@ class StepLogger:
     url           web mirror URL: `training.watch.step` / `.signal` / `.summary` events for run `run`
     analysis_dir  also write analysis checkpoints there (see analysis_checkpoint.py); activations are
                   captured on scheduled steps when step() is called once per step with consecutive steps
+    analysis      their AnalysisConfig; `grad_clip=` states the run's clip norm so `trainspect analysis` can
+                  count clipped steps: the gradients recorded are those present when step() runs, pre-clip
+                  when it is called before clip_grad_norm_
     """
 
     def __init__(

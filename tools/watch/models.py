@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from tools.watch.engine import EngineConfig
 from tools.watch.readers import Format
-from tools.watch.snapshot import Signal, SignalType
+from tools.watch.snapshot import Episode, Signal, SignalType
 from tools.watch.watcher import SERIES_POINTS, RunSummary
 from toolserver.contract import Severity
 
@@ -42,11 +42,12 @@ class Series(BaseModel):
 
 
 class SignalGroup(BaseModel):
-    """Every signal of one type fired during the call: a lasting condition fires once per cooldown."""
+    """Every signal of one type during the call (under seed_rules a lasting condition fires once per cooldown)."""
 
     type: SignalType
     severity: Severity = Field(description="the worst severity it fired with")
-    count: int
+    count: int = Field(description="signals fired: one-off events and episode starts")
+    ended: int = Field(0, description="episodes of this type that ended")
     first_step: int
     last_step: int
 
@@ -66,6 +67,9 @@ class WatchResult(BaseModel):
     groups: list[SignalGroup] = Field(
         description="signals fired during this call per type: worst severity first, ties in priority order"
     )
+    ongoing: list[Episode] = Field(
+        default_factory=list, description="conditions started, not ended, when the read stopped (plateau, dead layers)"
+    )
     notes: list[str] = Field(default_factory=list)
     series: Series = Field(
         description=f"downsampled to at most {SERIES_POINTS} points: last step, mean loss, max maxGrad per bucket"
@@ -78,4 +82,5 @@ class WatchCard(BaseModel):
     run: str
     series: Series
     signals: list[Signal] = Field(description="the result's signals, most severe first (the first 100)")
+    ongoing: list[Episode] = Field(default_factory=list)
     summary: RunSummary

@@ -29,14 +29,24 @@ def pick(fired: list[Signal], limit: int) -> list[Signal]:
 
 
 def group(fired: list[Signal]) -> list[SignalGroup]:
-    """Per type: worst severity first, ties in the engine's priority order (`fired` is sorted most severe first)."""
+    """Per type: worst severity first, ties in the engine's priority order (`fired` is sorted most severe first).
+    Episode ends are counted apart from what fired."""
     groups: dict[str, SignalGroup] = {}
     for s in fired:
+        end = s.episode == "end"
         g = groups.get(s.type)
         if g is None:
-            groups[s.type] = SignalGroup(type=s.type, severity=s.severity, count=1, first_step=s.step, last_step=s.step)
+            groups[s.type] = SignalGroup(
+                type=s.type,
+                severity=s.severity,
+                count=int(not end),
+                ended=int(end),
+                first_step=s.step,
+                last_step=s.step,
+            )
         else:
-            g.count += 1
+            g.count += not end
+            g.ended += end
             g.first_step, g.last_step = min(g.first_step, s.step), max(g.last_step, s.step)
     return sorted(groups.values(), key=lambda g: (SEVERITY_RANK[g.severity], SIGNAL_TYPES.index(g.type)))
 
@@ -45,7 +55,7 @@ def _steps(g: SignalGroup) -> str:
     return f"step {g.first_step}" if g.count == 1 else f"steps {g.first_step}–{g.last_step}"
 
 
-BIGGER_IS_WORSE = frozenset({"gradient_spike", "loss_diverging"})  # their value: maxGrad, the loss rise
+BIGGER_IS_WORSE = frozenset({"gradient_spike", "loss_diverging", "loss_spike"})  # maxGrad, the rise, the ratio
 
 
 def _worse(a: Signal, b: Signal) -> bool:
@@ -58,17 +68,31 @@ def _worse(a: Signal, b: Signal) -> bool:
 
 
 def findings(result: WatchResult, fired: list[Signal]) -> list[Finding]:
-    """One line per signal type (worst first) quoting its most telling signal, then what limited the analysis."""
+    """One line per signal type (worst first) quoting its most telling signal and its last episode end, then the
+    conditions still going on, then what limited the analysis."""
     worst: dict[str, Signal] = {}
+    ends: dict[str, Signal] = {}
     for s in fired:
-        if s.type not in worst or _worse(s, worst[s.type]):
+        if s.episode == "end":
+            if s.type not in ends or s.step > ends[s.type].step:
+                ends[s.type] = s
+        elif s.type not in worst or _worse(s, worst[s.type]):
             worst[s.type] = s
-    out = [
+    out = []
+    for g in result.groups:
+        parts = []
+        if g.type in worst:
+            parts.append(f"{g.type} ×{g.count} ({_steps(g)}): {worst[g.type].message} [step {worst[g.type].step}]")
+        if g.type in ends:
+            parts.append(f"{'' if parts else g.type + ' '}ended ×{g.ended}, last: {ends[g.type].message}")
+        out.append(Finding(severity=g.severity, text="; ".join(parts)))
+    out += [
         Finding(
-            severity=g.severity,
-            text=f"{g.type} ×{g.count} ({_steps(g)}): {worst[g.type].message} [step {worst[g.type].step}]",
+            severity="info" if e.type == "loss_plateau" else "warn",
+            text=f"ongoing: {e.type} since step {e.since_step}, {e.message}"
+            + (f": {', '.join(e.layers[:8])}{' …' if len(e.layers) > 8 else ''}" if e.layers else ""),
         )
-        for g in result.groups
+        for e in result.ongoing
     ]
     s = result.summary
     if not result.signals_total and s.steps_seen:
@@ -114,7 +138,11 @@ def follow_ups(path: Path, args: WatchInput) -> list[FollowUp]:
 
 def slim(result: WatchResult) -> WatchCard:
     return WatchCard(
-        run=result.run, series=result.series, signals=result.signals[:SLIM_SIGNALS], summary=result.summary
+        run=result.run,
+        series=result.series,
+        signals=result.signals[:SLIM_SIGNALS],
+        ongoing=result.ongoing,
+        summary=result.summary,
     )
 
 
@@ -133,12 +161,14 @@ def table(result: WatchResult) -> str:
         for g in result.groups:
             rows = listed.get(g.type, [])[:TABLE_ROWS_PER_TYPE]
             lines += [
-                f"{sig.severity:<9}{sig.step:>8}  {sig.type:<20}{_num(sig.value):>10}  {sig.message}" for sig in rows
+                f"{sig.severity:<9}{sig.step:>8}  {sig.type + (' end' if sig.episode == 'end' else ''):<20}"
+                f"{_num(sig.value):>10}  {sig.message}"
+                for sig in rows
             ]
-            if g.count > len(rows):
+            if g.count + g.ended > len(rows):
                 lines.append(
-                    f"{'':19}… {g.type} ×{g.count - len(rows)} more, {_steps(g)} (--output json lists up to "
-                    f"--max-signals)"
+                    f"{'':19}… {g.type} ×{g.count + g.ended - len(rows)} more, {_steps(g)} (--output json lists up "
+                    f"to --max-signals)"
                 )
     else:
         lines.append("no signals" + (" since the last call" if result.since_last else ""))
@@ -167,5 +197,10 @@ def table(result: WatchResult) -> str:
             f"skipped    {s.skipped_rows} rows without a training loss, {s.out_of_order} rows with a non-increasing "
             f"step"
         )
+    lines += [
+        f"ongoing    {e.type} since step {e.since_step}: {e.message}"
+        + (f" ({', '.join(e.layers[:4])}{' …' if len(e.layers) > 4 else ''})" if e.layers else "")
+        for e in result.ongoing
+    ]
     lines += [f"note       {n}" for n in result.notes]
     return "\n".join(lines)

@@ -152,6 +152,7 @@ def run(ctx: ToolContext, args: WatchInput, reporter: Reporter) -> Outcome[Watch
         signals=pick(fired, args.max_signals),
         signals_total=len(fired),
         groups=group(fired),
+        ongoing=watcher.engine.ongoing(),
         notes=notes + watcher.notes,
         series=Series(**watcher.sampler.series()),
     )

@@ -18,10 +18,19 @@ from toolserver.contract import SEVERITY_RANK, LiveFamily, Severity
 WATCH_EVENTS = LiveFamily(prefix="training.watch", card="watch", fields=("step", "loss", "maxGrad", "learning_rate"))
 
 SignalType = Literal[
-    "loss_nonfinite", "loss_diverging", "gradient_spike", "attention_head_dead", "dead_layers", "loss_plateau"
+    "loss_nonfinite",
+    "grad_nonfinite",
+    "loss_spike",
+    "loss_diverging",
+    "gradient_spike",
+    "attention_head_dead",
+    "dead_layers",
+    "loss_plateau",
 ]
-# Engine priority order: a non-finite loss first, then the design's five detectors.
+# Engine priority order: non-finite numbers first, then a loss jump, then the design's five detectors.
 SIGNAL_TYPES: tuple[str, ...] = SignalType.__args__  # type: ignore[attr-defined]
+SEED_TYPES = frozenset({"loss_diverging", "gradient_spike", "attention_head_dead", "dead_layers", "loss_plateau"})
+EPISODE_TYPES = frozenset({"attention_head_dead", "dead_layers", "loss_plateau"})  # conditions that persist
 
 
 class StepSnapshot(BaseModel):
@@ -79,7 +88,25 @@ class Signal(BaseModel):
     metric: str = Field(description="the quantity the detector tested, e.g. maxGrad or loss_rise")
     value: float | None = Field(description="its value at this step (None when the loss is not a finite number)")
     threshold: float | None = Field(description="the limit it crossed for this severity (None for the finiteness test)")
-    layers: list[str] = Field(default_factory=list, description="layers the signal names (dead-layer detectors)")
+    layers: list[str] = Field(
+        default_factory=list, description="layers the signal names (dead-layer and non-finite-gradient detectors)"
+    )
+    message: str
+    episode: Literal["start", "end"] | None = Field(
+        None,
+        description="for a condition that persists (plateau, dead layers; not under seed_rules): 'start' when it "
+        "begins, 'end' when it clears; None for one-off events",
+    )
+    since_step: int | None = Field(None, description="an episode's end: the step its condition began")
+    duration_steps: int | None = Field(None, description="an episode's end: steps from since_step to this step")
+
+
+class Episode(BaseModel):
+    """A condition still going on when the read stopped."""
+
+    type: SignalType
+    since_step: int = Field(description="the step its condition began")
+    layers: list[str] = Field(default_factory=list, description="for dead layers: the layers still dead")
     message: str
 
 

@@ -22,7 +22,7 @@ from tools.watch.readers import BadLine, Format, ReadBatch, open_reader
 from tools.watch.snapshot import Signal, StepSnapshot
 from toolserver.contract import atomic_write, home
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the engine keeps episodes, the loss-spike and overflow windows
 LIST_CAP = 20  # bad lines / out-of-order examples kept in the summary
 SERIES_POINTS = 300
 
@@ -40,8 +40,11 @@ class RunSummary(BaseModel):
     max_grad_max: float | None = Field(None, description="largest finite maxGrad seen")
     max_grad_max_step: int | None = None
     layers_reported: int = Field(0, description="most gradNorms entries in one step (0: dead-layer detectors idle)")
-    signals_by_type: dict[str, int] = Field(default_factory=dict)
+    signals_by_type: dict[str, int] = Field(
+        default_factory=dict, description="signals fired per type (one-off events and episode starts)"
+    )
     signals_by_severity: dict[str, int] = Field(default_factory=dict)
+    ended_by_type: dict[str, int] = Field(default_factory=dict, description="episodes that ended, per type")
     bad_lines: int = 0
     bad_line_examples: list[BadLine] = Field(default_factory=list, description=f"the first {LIST_CAP}")
     skipped_rows: int = Field(0, description="rows without a training loss (eval rows, run summaries)")
@@ -68,6 +71,9 @@ class RunSummary(BaseModel):
             self.layers_reported = len(snap.grad_norms)
 
     def add_signal(self, s: Signal) -> None:
+        if s.episode == "end":
+            self.ended_by_type[s.type] = self.ended_by_type.get(s.type, 0) + 1
+            return
         self.signals_by_type[s.type] = self.signals_by_type.get(s.type, 0) + 1
         self.signals_by_severity[s.severity] = self.signals_by_severity.get(s.severity, 0) + 1
 

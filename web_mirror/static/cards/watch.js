@@ -1,11 +1,12 @@
-// The watch card: loss and max-grad sparklines with a marker where each signal fired, then the signal
-// feed, most severe first. The live series (training.watch.* events: points and signal markers) draws it
+// The watch card: loss and max-grad sparklines with a marker where each signal fired, the conditions
+// still going on (a plateau, dead layers: episodes that started and have not ended), then the signal feed,
+// most severe first; an episode's end says how long it lasted. The live series (training.watch.* events: points and signal markers) draws it
 // while the run streams; the tool's slim model (tools/watch/models.py: WatchCard — downsampled series,
 // ranked signals, summary) takes over when it arrives.
 import { el, fmt, isObject, kvTable, severityRank, toNumber } from "../dom.js";
 import { sparkline } from "../sparkline.js";
 
-const GRAD_SIGNALS = new Set(["gradient_spike"]);
+const GRAD_SIGNALS = new Set(["gradient_spike", "grad_nonfinite"]);
 const SUMMARY_KEYS = ["steps_seen", "first_step", "last_step", "loss_first", "loss_last", "loss_min", "nonfinite_losses", "max_grad_max", "max_grad_max_step", "layers_reported", "bad_lines", "skipped_rows", "out_of_order"];
 
 function series(card) {
@@ -18,7 +19,7 @@ function series(card) {
 function signals(card) {
   const all = [...(card.live ? card.live.markers : []), ...(isObject(card.slim) && Array.isArray(card.slim.signals) ? card.slim.signals : [])];
   const seen = new Map();
-  for (const s of all) if (isObject(s)) seen.set(`${s.type}|${s.step}|${s.metric}`, s);
+  for (const s of all) if (isObject(s)) seen.set(`${s.type}|${s.step}|${s.metric}|${s.episode ?? ""}`, s);
   return [...seen.values()].sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || toNumber(a.step) - toNumber(b.step));
 }
 
@@ -33,22 +34,48 @@ function sparkRow(name, xs, ys, markers) {
     sparkline(xs, ys, markers, { label: name }));
 }
 
+function ongoing(card) {
+  const list = isObject(card.slim) && Array.isArray(card.slim.ongoing) ? card.slim.ongoing : null;
+  if (list) return list.filter(isObject);
+  // live: what started and has not ended among the streamed signals (the last event per type decides)
+  const open = new Map();
+  for (const s of signals(card).slice().sort((a, b) => toNumber(a.step) - toNumber(b.step))) {
+    if (s.episode === "start") open.set(s.type, { type: s.type, since_step: s.step, layers: s.layers || [], message: s.message });
+    else if (s.episode === "end") open.delete(s.type);
+  }
+  return [...open.values()];
+}
+
+function episodeTag(x) {
+  if (x.episode === "end") return el("span", { class: "pill episode-end" }, `ended · ${fmt(x.duration_steps)} steps`);
+  if (x.episode === "start") return el("span", { class: "pill episode-start" }, "started");
+  return null;
+}
+
 export function render(card) {
   const s = series(card);
   const sig = signals(card);
   const marker = (x) => ({ x: x.step, severity: x.severity, label: `${x.severity} ${x.type} at step ${x.step}: ${x.message}` });
   const summary = (isObject(card.slim) && isObject(card.slim.summary) && card.slim.summary) || (card.live && isObject(card.live.summary) && card.live.summary) || null;
   const counts = summary && isObject(summary.signals_by_severity) ? summary.signals_by_severity : null;
+  const open = ongoing(card);
   return el("div", { class: "watch" },
     el("div", { class: "sparks" },
       sparkRow("loss", s.step, s.loss, sig.filter((x) => !GRAD_SIGNALS.has(x.type)).map(marker)),
       sparkRow("max grad", s.step, s.maxGrad, sig.filter((x) => GRAD_SIGNALS.has(x.type)).map(marker))),
     el("div", { class: "muted steps-note" }, s.step.length ? `steps ${fmt(s.step[0])}–${fmt(s.step[s.step.length - 1])} · ${s.step.length} points` : "waiting for steps…"),
+    open.length ? el("ul", { class: "ongoing" }, open.map((e) => el("li", { class: e.type === "loss_plateau" ? "sev-info" : "sev-warn" },
+      el("span", { class: "pill ongoing-pill" }, "ongoing"),
+      el("code", { class: "sig-type" }, String(e.type)),
+      el("span", { class: "sig-step num" }, `since step ${fmt(e.since_step)}`),
+      el("span", { class: "sig-msg" }, String(e.message ?? "")),
+      Array.isArray(e.layers) && e.layers.length ? el("span", { class: "sig-layers muted" }, e.layers.slice(0, 6).join(", ") + (e.layers.length > 6 ? ` +${e.layers.length - 6}` : "")) : null))) : null,
     el("h4", {}, `signals (${sig.length})`, counts ? el("span", { class: "counts" }, Object.entries(counts).map(([k, v]) => el("span", { class: `pill sev-${k}` }, `${k} ${v}`))) : null),
     sig.length ? el("ol", { class: "signals" }, sig.slice(0, 50).map((x) => el("li", { class: `sev-${x.severity}` },
       el("span", { class: "sev" }, String(x.severity)),
       el("span", { class: "sig-step num" }, `step ${fmt(x.step)}`),
       el("code", { class: "sig-type" }, String(x.type)),
+      episodeTag(x),
       el("span", { class: "sig-msg" }, String(x.message ?? "")),
       Array.isArray(x.layers) && x.layers.length ? el("span", { class: "sig-layers muted" }, x.layers.slice(0, 6).join(", ") + (x.layers.length > 6 ? ` +${x.layers.length - 6}` : "")) : null)))
       : el("p", { class: "muted" }, "no signals"),
