@@ -5,7 +5,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("weight_diff", "watch", "web_mirror", "runtime", "analyses", "trajectory", "merge", "analysis_view")
+BENCHES = (
+    "weight_diff",
+    "watch",
+    "web_mirror",
+    "runtime",
+    "analyses",
+    "trajectory",
+    "merge",
+    "analysis_view",
+    "simulate_quality",
+    "simulate",
+)
 
 
 def main(names: list[str]) -> None:

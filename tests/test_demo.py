@@ -44,6 +44,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             "trainspect model-diff",
             "robustness",
             "trainspect regressions",
+            "trainspect simulate",
+            "no optimiser step",
             "trainspect analysis",
             "gradient waterfall",
         ):
@@ -64,6 +66,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             ("modelDiff", 2),
             ("regressions", 1),
             ("session", 2),
+            ("simulation", 1),
             ("analysisView", 1),
         ):
             assert kinds.count(kind) == n, (kind, kinds)

@@ -32,6 +32,7 @@ EXPECTED = {
     "run_analysis_view",
     "run_model_diff",
     "get_regressions",
+    "run_simulation",
     "start_tool",
     "get_result",
 }

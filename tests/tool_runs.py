@@ -93,6 +93,20 @@ def analysis_run(work: Path) -> Path:
     return out / "analysis"
 
 
+def simulation_pairs(work: Path) -> Path:
+    """Preference pairs for a simulation, one with assistant-speak and one carrying markup (shown as text)."""
+    sentences = [t.strip() + "." for line in CORPUS.splitlines() for t in line.split(".") if t.strip()][:8]
+    rows = [
+        {"prompt": " ".join(t.split()[:4]), "chosen": " " + " ".join(t.split()[4:]), "rejected": " the loss."}
+        for t in sentences
+    ]
+    rows[2]["chosen"] = " Certainly! As an AI language model, I'd be happy to help."
+    rows[5]["prompt"] = HOSTILE
+    path = work / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def run_every_tool(
     models: dict[str, Path], work: Path, *, mirror: Any | None = None, session: str = "every-tool"
 ) -> list[tuple[ToolSpec[Any, Any], Envelope[Any]]]:
@@ -104,6 +118,7 @@ def run_every_tool(
     calls: list[tuple[str, dict[str, Any]]] = [
         ("start_session", {"id": session, "model": str(models["base"])}),
         ("load_sae", {"sae": [str(sae)]}),
+        ("run_simulation", {"dataset": str(simulation_pairs(work)), "batch_size": 4, "name": "pairs <sim>"}),
         ("run_weight_diff", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
         ("run_weight_diff", {"checkpoint": str(models["lora"]), "name": "lora"}),
         ("run_residual_drift", {"checkpoint": str(models["full"]), "name": "full <ft>"}),

@@ -75,6 +75,25 @@ def demo_corpus() -> Path:
     return path
 
 
+def demo_dataset() -> Path:
+    """The corpus as SFT rows (each sentence's first words the instruction, the rest the response), one with
+    assistant-speak: what the demo simulates a fine-tune on."""
+    import json
+
+    from tools.fixtures.tiny_models import CORPUS
+
+    rows = []
+    for line in CORPUS.splitlines():
+        for s in line.split("."):
+            words = s.split()
+            if len(words) > 5:
+                rows.append({"instruction": " ".join(words[:4]), "response": " " + " ".join(words[4:]) + "."})
+    rows[3]["response"] = " Certainly! As an AI language model, I'd be happy to help with that."
+    path = DEMO / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def record_training_log(base: Path, steps: int = 240, ramp_from: int = 100, ramp: float = 1.04) -> tuple[Path, Path]:
     """A real short training run logged with StepLogger, for the watch card: healthy at first, then
     the learning rate grows ×1.04 per step so the engine has something to say; with its analysis
@@ -142,6 +161,7 @@ def main() -> None:
         ["residual-drift", "--checkpoint", str(lora), "--name", "lora"],
         ["sae", "train", "--layer", "1", "--dataset", str(corpus), "--d-sae", "128", "--out", str(saes / "L1")],
         ["load", "sae", str(saes / "L1")],
+        ["simulate", "--dataset", str(demo_dataset()), "--name", "corpus-sft", "--batch-size", "4"],
         ["sae", "diff", "--checkpoint", str(full), "--name", "full-ft"],
         ["sae", "diff", "--checkpoint", str(lora), "--name", "lora"],
         [

@@ -1,0 +1,211 @@
+"""Passes 1 and 2: one sweep over the dataset's batches at the base weights, no optimiser step.
+
+Pass 1 (forward only, under no_grad when pass 2 does not run) sums each SAE's feature activations over the real
+tokens at its hook, the first token of each sequence left out (its outlier norm dominates SAE activations, as
+in sae diff). Pass 2 adds the backward of each batch's training loss (the mean cross-entropy over its target
+tokens, exactly what a training step would differentiate) and reads, per batch:
+- the gradient norm of every parameter-owning module and the largest per-parameter norm (watch's GradNormMeter,
+  so the names and the grouping are a live run's), fed to watch's signal engine as one step per batch;
+- the gradient with respect to the residual stream at each SAE hook, summed over the batch's positions (the
+  gradient of the batch loss with respect to one vector added to the residual at every position);
+- the parameter gradients, added into one float32 sum per tensor (their mean is what part 2 needs); each batch's
+  `.grad` is then freed, so memory is one batch's activations, its gradients and that sum.
+When both passes run they share the forward. Dropout is off (eval mode): the landscape is measured, not sampled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from session.activations import decoder_layers
+from tools.simulate.batches import TrainBatch
+from tools.watch.emitters import GradNormMeter
+from toolserver.contract import ToolError
+
+_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+@dataclass
+class HookSums:
+    """Per SAE hook: summed feature activations and token count (pass 1), summed residual gradient (pass 2)."""
+
+    sae: Any
+    acts: torch.Tensor | None = None  # [d_sae] float64
+    tokens: int = 0
+    resid_grad: torch.Tensor | None = None  # [d_model] float64
+
+    def base_acts_mean(self) -> torch.Tensor:
+        return self.acts / max(self.tokens, 1)  # type: ignore[operator]
+
+
+@dataclass
+class BatchGrads:
+    """One batch's pass-2 reading, on the host."""
+
+    index: int  # 1-based batch number
+    rows: list[int]
+    loss: float
+    target_tokens: int
+    max_grad: float | None
+    modules: dict[str, float]
+
+
+@dataclass
+class Sweep:
+    batches: int = 0
+    tokens: int = 0
+    skipped: list[list[int]] = field(default_factory=list)  # batches with no target token (all prompt after truncation)
+    truncated: int = 0
+    loss_sum: float = 0.0
+    grads: list[BatchGrads] = field(default_factory=list)
+    grad_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name → Σ batch gradients, float32
+    hooks: dict[str, HookSums] = field(default_factory=dict)
+
+    def mean_grads(self) -> dict[str, torch.Tensor]:
+        n = max(len(self.grads), 1)
+        return {k: v / n for k, v in self.grad_sums.items()}
+
+
+def hook_site(model: nn.Module, n_layers: int, hook: str) -> tuple[nn.Module, str]:
+    """The decoder layer whose input (resid_pre) or output (resid_post) is the hook's residual stream."""
+    m = _HOOK.match(hook)
+    if m is None:
+        raise ToolError(
+            f"simulate reads SAEs on the residual stream (blocks.L.hook_resid_pre or hook_resid_post), not {hook}",
+            "load an SAE trained on a resid_pre or resid_post hook",
+        )
+    layer = int(m.group(1))
+    if layer >= n_layers:
+        raise ToolError(
+            f"hook {hook} names layer {layer}, but the model has {n_layers} layers", "use an SAE for this model"
+        )
+    return decoder_layers(model, n_layers)[layer], m.group(2)
+
+
+def sweep(
+    model: nn.Module,
+    n_layers: int,
+    batches: Iterable[TrainBatch],
+    saes: dict[str, Any],
+    *,
+    acts: bool,
+    grads: bool,
+    device: str,
+    on_batch: Callable[[BatchGrads | None, TrainBatch], None] | None = None,
+) -> Sweep:
+    """Run every batch (see the module doc). `acts`: pass 1; `grads`: pass 2."""
+    out = Sweep(hooks={hook: HookSums(sae) for hook, sae in saes.items()})
+    captured: dict[str, torch.Tensor] = {}
+    handles = [capture(model, n_layers, hook, captured) for hook in saes]
+    meter = GradNormMeter(model) if grads else None
+    names = {id(p): n for n, p in model.named_parameters()}
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            batch = batch.to(device)
+            out.truncated += batch.truncated
+            if batch.target_tokens == 0:
+                out.skipped.append(batch.rows)
+                continue
+            out.batches += 1
+            with torch.set_grad_enabled(grads):
+                loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+            keep = _sae_tokens(batch.attention_mask)
+            out.tokens += int(batch.attention_mask.sum())
+            if acts:
+                _add_acts(out.hooks, captured, keep)
+            reading = None
+            if grads:
+                for hook in saes:
+                    captured[hook].register_hook(_resid_grad(out.hooks[hook], batch.attention_mask))
+                loss.backward()
+                reading = _read_grads(meter, loss, batch, len(out.grads) + 1)  # type: ignore[arg-type]
+                _accumulate(model, names, out.grad_sums)
+                out.grads.append(reading)
+                out.loss_sum += reading.loss
+            else:
+                out.loss_sum += float(loss)
+            captured.clear()
+            if on_batch is not None:
+                on_batch(reading, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        for p in model.parameters():
+            p.grad = None
+        model.train(was_training)
+    return out
+
+
+def capture(model: nn.Module, n_layers: int, hook: str, captured: dict[str, torch.Tensor]) -> Any:
+    """A forward hook keeping the residual stream at `hook` in captured[hook] (with its graph); returns the handle."""
+    layer, where = hook_site(model, n_layers, hook)
+    if where == "pre":
+
+        def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured[hook] = args[0] if args else kwargs["hidden_states"]
+
+        return layer.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        captured[hook] = output[0] if isinstance(output, tuple) else output
+
+    return layer.register_forward_hook(post)
+
+
+def _sae_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """Real tokens except each sequence's first."""
+    keep = mask.bool().clone()
+    first = mask.long().argmax(dim=1)
+    keep[torch.arange(mask.shape[0], device=mask.device), first] = False
+    return keep
+
+
+@torch.no_grad()
+def _add_acts(hooks: dict[str, HookSums], captured: dict[str, torch.Tensor], keep: torch.Tensor) -> None:
+    for hook, sums in hooks.items():
+        h = captured[hook].detach()[keep].float()
+        feats = sums.sae.encode(h).double().sum(0)
+        sums.acts = feats if sums.acts is None else sums.acts + feats
+        sums.tokens += h.shape[0]
+
+
+def _resid_grad(sums: HookSums, mask: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    def hook(grad: torch.Tensor) -> None:
+        g = (grad.double() * mask.unsqueeze(-1)).sum(dim=(0, 1))  # padding has no gradient; the mask makes sure
+        sums.resid_grad = g if sums.resid_grad is None else sums.resid_grad + g
+
+    return hook
+
+
+def _read_grads(meter: GradNormMeter, loss: torch.Tensor, batch: TrainBatch, index: int) -> BatchGrads:
+    norms, riders = meter.to_host(meter.on_device(loss))
+    return BatchGrads(
+        index=index,
+        rows=batch.rows,
+        loss=riders[0],
+        target_tokens=batch.target_tokens,
+        max_grad=norms.max,
+        modules=norms.modules,
+    )
+
+
+@torch.no_grad()
+def _accumulate(model: nn.Module, names: dict[int, str], sums: dict[str, torch.Tensor]) -> None:
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        name = names[id(p)]
+        g = p.grad.float()  # the batch's own buffer when already float32: kept as the sum, not copied
+        if name in sums:
+            sums[name].add_(g)
+        else:
+            sums[name] = g
+        p.grad = None

@@ -1,0 +1,285 @@
+"""run_simulation's run: pass 0 on the text, then passes 1, 2 and 2c on the session's base model at its own
+weights, with no optimiser step (checksummed before the first model pass and after the last)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from session.context import ToolContext
+from session.models import LoadedModel, load_base
+from session.sae import SaeInfo, processing_for, session_saes
+from tools.sae.labels import labels_for
+from tools.simulate import artifacts
+from tools.simulate.batches import batches
+from tools.simulate.dataset import Dataset, read_dataset
+from tools.simulate.decompose import feature_shifts, predict, scores
+from tools.simulate.invariant import check, checksum
+from tools.simulate.landscape import BatchGrads, Sweep, sweep
+from tools.simulate.models import SIM_EVENTS, PassTiming, SimConfig, SimulateInput, SimulationResult
+from tools.simulate.preference import preference_sweep
+from tools.simulate.quality import quality_report
+from tools.simulate.report import findings, follow_ups, landscape, preference_report, simulation_signals
+from tools.watch.engine import EngineConfig, SignalEngine
+from tools.watch.snapshot import StepSnapshot
+from toolserver.contract import Outcome, Reporter, ToolError
+
+
+class Timeline:
+    """Pass start/end events and their timings."""
+
+    def __init__(self, reporter: Reporter, name: str) -> None:
+        self.reporter, self.name, self.t0 = reporter, name, time.perf_counter()
+        self.passes: list[PassTiming] = []
+
+    def run(self, label: str, fn: Any, *a: Any, **kw: Any) -> Any:
+        start = time.perf_counter()
+        self.reporter.emit(SIM_EVENTS.type("pass"), {"run": self.name, "pass": label, "phase": "start"})
+        out = fn(*a, **kw)
+        seconds = time.perf_counter() - start
+        self.passes.append(PassTiming(name=label, started_s=round(start - self.t0, 4), seconds=round(seconds, 4)))
+        self.reporter.emit(
+            SIM_EVENTS.type("pass"),
+            {"run": self.name, "pass": label, "phase": "end", "seconds": round(seconds, 4)},
+            text=f"pass {label}: {seconds:.2f} s",
+        )
+        return out
+
+
+def _passes(args: SimulateInput, dataset: Dataset) -> tuple[list[str], list[str]]:
+    asked = args.passes
+    if asked is None:
+        asked = ["0", "1", "2"] + (["2c"] if dataset.format == "preference" else [])
+    skipped = []
+    chosen = [p for p in ("0", "1", "2", "2c") if p in asked]
+    if "2c" in chosen and dataset.format != "preference":
+        chosen.remove("2c")
+        skipped.append("2c: the dataset holds SFT rows, not {prompt, chosen, rejected} pairs")
+    return chosen, skipped
+
+
+def _saes(ctx: ToolContext, passes: list[str], skipped: list[str]) -> list[tuple[Any, SaeInfo]]:
+    session = ctx.require_session()
+    wants = [p for p in passes if p in ("1", "2c")]
+    if not wants:
+        return []
+    if not session.saes:
+        if "1" in passes:
+            passes.remove("1")
+            skipped.append("1: the session has no SAE (load one with: trainspect load sae DIR); no feature prediction")
+        return []
+    saes = session_saes(session, ctx.models)
+    for _, info in saes:
+        processing, _ = processing_for(info)
+        if not processing.raw:
+            raise ToolError(
+                f"the SAE at {info.hook} was trained on TransformerLens-processed weights ({processing.describe()}); "
+                "simulate differentiates the model's own weights",
+                "load an SAE trained on the raw Hugging Face weights",
+            )
+    return saes
+
+
+def run(ctx: ToolContext, args: SimulateInput, reporter: Reporter) -> Outcome[SimulationResult]:
+    dataset = read_dataset(args.dataset, args.format)
+    session = ctx.require_session()
+    if session.kind != "llm":
+        raise ToolError(
+            f"simulate needs a causal language model; the session's model is an {session.kind} model",
+            "start a session on a causal LM (GPT-2, Llama, …): trainspect session start --id ID --model DIR",
+        )
+    name = args.name or Path(dataset.path).stem
+    passes, skipped = _passes(args, dataset)
+    saes = _saes(ctx, passes, skipped)
+    timeline = Timeline(reporter, name)
+    steps = args.steps or max(1, math.ceil(args.epochs * math.ceil(len(dataset.rows) / args.batch_size)))
+    config = SimConfig(
+        lr=args.lr,
+        steps=steps,
+        epochs=args.epochs if args.steps is None else steps / math.ceil(len(dataset.rows) / args.batch_size),
+        batch_size=args.batch_size,
+        grad_clip=args.grad_clip,
+        max_len=args.max_len,
+        beta=args.beta,
+    )
+    result = SimulationResult(
+        name=name,
+        dataset=dataset.path,
+        format=dataset.format,
+        rows=len(dataset.rows),
+        config=config,
+        passes=passes,
+        skipped=skipped,
+        timeline=[],
+    )
+    model: LoadedModel | None = None
+    if any(p in passes for p in ("1", "2", "2c")):
+        reporter.progress(0.02, "loading the base model")
+        model = load_base(session, ctx.models, backend="transformers")
+        result.runtime = model.info()
+    tokenizer = model.tokenizer if model is not None else _tokenizer(session.model_source)
+    max_len = min(args.max_len, model.n_ctx) if model is not None else args.max_len
+    if "0" in passes:
+        reporter.progress(0.05, "pass 0: dataset quality")
+        result.quality = timeline.run("0", quality_report, dataset, tokenizer, max_len)
+    tensors: dict[str, torch.Tensor] = {}
+    if model is not None:
+        tensors = _model_passes(model, dataset, args, passes, saes, result, timeline, reporter, max_len)
+    result.timeline = timeline.passes
+    if args.out:
+        result.artifacts = artifacts.save(Path(args.out), result, tensors)
+    reporter.progress(1.0, f"simulated {', '.join(passes)} on {len(dataset.rows)} rows")
+    return Outcome(result, findings(result), follow_ups(result, args))
+
+
+def _model_passes(
+    model: LoadedModel,
+    dataset: Dataset,
+    args: SimulateInput,
+    passes: list[str],
+    saes: list[tuple[Any, SaeInfo]],
+    result: SimulationResult,
+    timeline: Timeline,
+    reporter: Reporter,
+    max_len: int,
+) -> dict[str, torch.Tensor]:
+    """Passes 1, 2 and 2c between the two checksums; returns the tensors part 2 reads back."""
+    hf, device, rows = model.model, model.device, dataset.rows
+    sae_map = {info.hook: sae.to(device).eval() for sae, info in saes}
+    infos = {info.hook: info for _, info in saes}
+    labels = {hook: labels_for(hook, info.spec, len(saes), args.labels) for hook, info in infos.items()}
+    before = checksum(hf)
+    requires = [p.requires_grad for p in hf.parameters()]
+    tensors: dict[str, torch.Tensor] = {}
+    sft_scores: dict[str, torch.Tensor] = {}
+    base_acts: dict[str, torch.Tensor] = {}
+    try:
+        if "1" in passes or "2" in passes:
+            if "2" in passes:
+                for p in hf.parameters():
+                    p.requires_grad_(True)
+            sw = _landscape_pass(model, dataset, args, passes, sae_map, timeline, reporter, max_len, result)
+            for hook, sums in sw.hooks.items():
+                if "1" in passes:
+                    base_acts[hook] = sums.base_acts_mean()
+                    tensors[f"base_acts_mean.{hook}"] = base_acts[hook].float()
+                if "2" in passes and sums.resid_grad is not None:
+                    g = sums.resid_grad / sw.batches
+                    tensors[f"resid_grad.{hook}"] = g.float()
+                    if hook in base_acts:
+                        info = infos[hook]
+                        w_dec = sae_map[hook].W_dec.detach()
+                        result.sae.append(
+                            predict(hook, info.layer, g, w_dec, base_acts[hook], sums.tokens, labels[hook], args.top)
+                        )
+                        sft_scores[hook] = scores(g, w_dec, base_acts[hook])[0]
+            if "2" in passes:
+                tensors.update({f"mean_grad.{k}": v for k, v in sw.mean_grads().items()})
+        if "2c" in passes:
+            for p in hf.parameters():
+                p.requires_grad_(True)  # the residual's gradient needs the graph; no parameter gradient is formed
+            hooks = list(base_acts)
+            n = math.ceil(len(rows) / args.batch_size)
+            ps = timeline.run(
+                "2c",
+                preference_sweep,
+                hf,
+                model.n_layers,
+                model.tokenizer,
+                rows,
+                batch_size=args.batch_size,
+                max_len=max_len,
+                beta=args.beta,
+                hooks=hooks,
+                device=device,
+                on_batch=lambda i: reporter.progress(0.7 + 0.28 * i / n, f"pass 2c: batch {i}/{n}"),
+            )
+            prediction, shifts = None, []
+            if hooks:
+                hook = hooks[0]
+                g = ps.resid_grad[hook] / ps.batches
+                w_dec = sae_map[hook].W_dec.detach()
+                prediction = predict(hook, infos[hook].layer, g, w_dec, base_acts[hook], 0, labels[hook], args.top)
+                if hook in sft_scores:
+                    shifts = feature_shifts(
+                        scores(g, w_dec, base_acts[hook])[0], sft_scores[hook], labels[hook], args.top
+                    )
+            result.preference = preference_report(ps, rows, args.beta, prediction, shifts)
+    finally:
+        for p, r in zip(hf.parameters(), requires, strict=True):
+            p.requires_grad_(r)
+            p.grad = None
+    result.invariant = check(hf, before)
+    return tensors
+
+
+def _landscape_pass(
+    model: LoadedModel,
+    dataset: Dataset,
+    args: SimulateInput,
+    passes: list[str],
+    sae_map: dict[str, Any],
+    timeline: Timeline,
+    reporter: Reporter,
+    max_len: int,
+    result: SimulationResult,
+) -> Sweep:
+    """Passes 1 and/or 2 in one sweep; pass 2's batches become step events through watch's signal engine."""
+    rows = dataset.rows
+    pairs = [(r.prompt, r.chosen if dataset.format == "preference" else r.response) for r in rows]
+    engine, live, seen = SignalEngine(EngineConfig()), [], [0]
+    n = math.ceil(len(rows) / args.batch_size)
+    span = 0.6 if "2c" in passes else 0.88
+
+    def on_batch(reading: BatchGrads | None, batch: Any) -> None:
+        if reading is not None:
+            snap = StepSnapshot(
+                step=reading.index, loss=reading.loss, max_grad=reading.max_grad, grad_norms=reading.modules
+            )
+            fired = engine.observe(snap)
+            reporter.emit(SIM_EVENTS.type("step"), {"run": result.name, "snapshot": snap.wire()})
+            for s in fired:
+                reporter.emit(SIM_EVENTS.type("signal"), {"run": result.name, "signal": s.model_dump(mode="json")})
+            live.extend(fired)
+        seen[0] += 1
+        reporter.progress(0.08 + span * seen[0] / n, f"pass {label}: batch {seen[0]}/{n}")
+
+    label = "+".join(p for p in ("1", "2") if p in passes)
+    sw = timeline.run(
+        label,
+        sweep,
+        model.model,
+        model.n_layers,
+        batches(model.tokenizer, pairs, [r.index for r in rows], args.batch_size, max_len),
+        sae_map,
+        acts="1" in passes,
+        grads="2" in passes,
+        device=model.device,
+        on_batch=on_batch,
+    )
+    if "2" in passes:
+        if not sw.grads:
+            raise ToolError(
+                f"no batch of {dataset.path} has a token to train on after truncation to {max_len} tokens",
+                "raise --max-len, or check that the rows have responses",
+            )
+        result.landscape = landscape(sw, args.grad_clip)
+        result.signals = live + simulation_signals(result.landscape)
+        for s in result.signals[len(live) :]:
+            reporter.emit(SIM_EVENTS.type("signal"), {"run": result.name, "signal": s.model_dump(mode="json")})
+    return sw
+
+
+def _tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ToolError(
+            f"cannot load the tokenizer of {source}: {e}", "pass 0 needs the session model's tokenizer"
+        ) from None
