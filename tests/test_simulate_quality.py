@@ -23,9 +23,10 @@ import pytest
 
 from bench.simulate_quality import synthetic_dataset
 from tools.fixtures.tiny_models import build_tokenizer
-from tools.simulate import quality
+from tools.simulate import quality, quality_findings, similarity
 from tools.simulate.dataset import Dataset, Row, read_dataset
-from tools.simulate.quality import findings, quality_report
+from tools.simulate.quality import quality_report
+from tools.simulate.quality_findings import findings
 from tools.simulate.wordlists import (
     ASSISTANT_SPEAK,
     HARMFUL,
@@ -489,7 +490,10 @@ def test_a_paraphrase_block_scores_higher_than_varied_rows(minilm: Any) -> None:
         return d
 
     paraphrased, varied = score(list(zip(PARAPHRASES, PARAPHRASE_ANSWERS, strict=True))), score(CLEAN)
-    assert paraphrased > quality.CRITICAL_DIVERSITY and varied < quality.WARN_DIVERSITY / 2, (paraphrased, varied)
+    assert paraphrased > quality_findings.CRITICAL_DIVERSITY and varied < quality_findings.WARN_DIVERSITY / 2, (
+        paraphrased,
+        varied,
+    )
 
 
 def test_findings_lead_with_the_flags_and_name_rows_and_thresholds(minilm: Any, tmp_path: Path) -> None:
@@ -535,7 +539,7 @@ def rows_2000(minilm: Any) -> Dataset:
 def test_the_minhash_estimate_agrees_with_exact_within_its_stated_error(minilm: Any, rows_2000: Dataset) -> None:
     exact = quality_report(rows_2000, minilm, 256).diversity
     sketch = quality_report(rows_2000, minilm, 256, exact_max=0).diversity
-    assert (exact.method, sketch.method, sketch.num_perm) == ("exact", "minhash", quality.NUM_PERM)
+    assert (exact.method, sketch.method, sketch.num_perm) == ("exact", "minhash", similarity.NUM_PERM)
     assert exact.score is not None and sketch.score is not None
     assert 0.002 < sketch.stderr < 0.02
     assert abs(sketch.score - exact.score) <= 3 * sketch.stderr, (sketch.score, exact.score, sketch.stderr)
@@ -543,7 +547,7 @@ def test_the_minhash_estimate_agrees_with_exact_within_its_stated_error(minilm: 
     # The stated error is honest: over 20 independent permutation sets, errors spread like the stated s.e.
     texts = quality._tokenize(rows_2000, minilm)
     sets = quality._token_sets(rows_2000, texts)
-    runs = [quality._minhash_mean(quality._Signatures.of(sets, texts.tokens, s).instruction) for s in range(20)]
+    runs = [similarity.minhash_mean(quality._Signatures.of(sets, texts.tokens, s).instruction) for s in range(20)]
     errors = np.array([est - exact.score for est, _ in runs])
     stated = float(np.mean([se for _, se in runs]))
     rms = float(np.sqrt(np.mean(errors**2)))
@@ -577,10 +581,10 @@ def test_chunked_hashing_and_encoding_give_the_same_result(
     minilm: Any, rows_2000: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sketch, exact = quality_report(rows_2000, minilm, 256, exact_max=0), quality_report(rows_2000, minilm, 256)
-    monkeypatch.setattr(quality, "SIG_CHUNK", 997)
+    monkeypatch.setattr(similarity, "SIG_CHUNK", 997)
     monkeypatch.setattr(quality, "ENCODE_CHUNK", 333)
-    monkeypatch.setattr(quality, "PAIR_CHUNK", 7)
-    monkeypatch.setattr(quality, "BLOCK_CELLS", 50_000)
+    monkeypatch.setattr(similarity, "PAIR_CHUNK", 7)
+    monkeypatch.setattr(similarity, "BLOCK_CELLS", 50_000)
     assert quality_report(rows_2000, minilm, 256, exact_max=0) == sketch
     assert quality_report(rows_2000, minilm, 256) == exact
 
@@ -589,12 +593,12 @@ def test_bucket_counts_give_the_share_of_agreeing_pairs(rows_2000: Dataset) -> N
     """The O(n·k) formula against enumerating every pair, on both counting paths (bincount and unique)."""
     rng = np.random.default_rng(3)
     for offset in (0, 10**6):  # a small value range counts with bincount, a large one with unique
-        sig = rng.integers(0, 40, size=(quality.NUM_PERM, 300)).astype(np.uint32) + np.uint32(offset)
+        sig = rng.integers(0, 40, size=(similarity.NUM_PERM, 300)).astype(np.uint32) + np.uint32(offset)
         i, j = np.triu_indices(300, 1)
         shares = (sig[:, i] == sig[:, j]).mean(axis=1)
-        mean, se = quality._minhash_mean(sig)
+        mean, se = similarity.minhash_mean(sig)
         assert math.isclose(mean, shares.mean(), rel_tol=1e-12)
-        assert math.isclose(se, shares.std(ddof=1) / math.sqrt(quality.NUM_PERM), rel_tol=1e-9)
+        assert math.isclose(se, shares.std(ddof=1) / math.sqrt(similarity.NUM_PERM), rel_tol=1e-9)
 
 
 def test_empty_token_sets_overlap_nothing_in_every_method(minilm: Any) -> None:

@@ -93,7 +93,8 @@ class Landscape(BaseModel):
     modules: list[ModuleGrad] = Field(description="every module in model order")
     dead: list[str]
     series_loss: list[float] = Field(description="per batch")
-    series_max_grad: list[float | None] = Field(description="per batch")
+    series_max_grad: list[float | None] = Field(description="per batch: the largest per-parameter grad norm")
+    series_mean_grad: list[float] = Field(description="per batch: the mean of the modules' grad norms")
     heatmap: Heatmap = Field(description="module × batch grad norms, at most 16k cells")
     skipped_batches: int = Field(0, description="batches with no target token after truncation (not run)")
 

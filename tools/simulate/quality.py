@@ -32,7 +32,7 @@ import itertools
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,31 +42,19 @@ from pydantic import BaseModel, Field
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
+from tools.simulate import similarity
 from tools.simulate.dataset import Dataset, Format
 from tools.simulate.wordlists import LISTS, LISTS_VERSION, compile_pattern, normalise, phrase_index
-from toolserver.contract import SEVERITY_RANK, Finding, Severity, ToolError
+from toolserver.contract import ToolError
 
 CAP = 50  # entries listed per kind of flag; counts always cover everything
 NEAR_JACCARD = 0.8
 BLOCK_JACCARD = 0.5
 BLOCK_MIN_ROWS = 5
 EXACT_MAX = 2000  # rows up to which pairwise work is exact: ~0.2 s there on the bench machine, growing as n²
-BANDS, BAND_ROWS = 10, 6  # LSH: a pair at J is a candidate with probability 1 - (1 - J^6)^10 (0.8 -> 0.95)
-NUM_PERM = BANDS * BAND_ROWS
-BUCKET_ALL_PAIRS = 64  # an LSH bucket larger than this is verified against its first row only (a star)
 BLOCK_EXACT_MAX = 200  # a block's own mean Jaccard is exact up to this many rows, a MinHash estimate above
-SIG_CHUNK = 1 << 17  # tokens hashed at once, one hash at a time: 512 KB of uint32, never k x tokens
-PAIR_CHUNK = 1 << 15  # candidate pairs verified at once
 ENCODE_CHUNK = 4096  # texts encoded at once: the tokenizer's per-text objects (ids, offsets, strings) stay few
-BLOCK_CELLS = 1 << 21  # pairwise-matrix cells formed at once in the exact path (8 MB per float32 array)
-DENSE_DF = 8  # exact path: tokens in over 1/8 of the rows go through a dense (BLAS) product
 
-WARN_ASSISTANT = 0.05  # share of rows with assistant-speak
-WARN_EXACT_DUP = 0.01  # share of rows that are copies of an earlier row
-WARN_NEAR_DUP = 0.05  # share of rows in a near-duplicate pair
-WARN_BLOCKS = 0.10  # share of rows in near-paraphrase blocks
-CRITICAL_OVER_LEN = 0.10  # share of rows over max_len (warn from one row)
-WARN_DIVERSITY, CRITICAL_DIVERSITY = 0.3, 0.5  # mean pairwise instruction Jaccard
 
 FieldName = Literal["prompt", "response", "chosen", "rejected"]
 ListName = Literal["harmful", "assistant_speak"]
@@ -318,11 +306,7 @@ def _encode(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         sizes = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         counts.append(sizes)
         tokens.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(sizes.sum())))
-    return _concat(counts, np.int64), _concat(tokens, np.int32)
-
-
-def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+    return similarity.concat(counts, np.int64), similarity.concat(tokens, np.int32)
 
 
 def _lengths(dataset: Dataset, texts: _Texts, tokenizer: Any, max_len: int) -> Lengths:
@@ -464,52 +448,11 @@ def _token_sets(dataset: Dataset, texts: _Texts) -> _Sets:
     width = int(texts.tokens.max(initial=-1)) + 1
     mask = np.repeat(is_instr, texts.counts)
     per_row = [np.bincount(texts.row, weights=texts.counts * m, minlength=n) for m in (is_instr, ~is_instr)]
-    instruction = _binary(texts.tokens[mask], per_row[0], width)
-    rest = _binary(texts.tokens[~mask], per_row[1], width)
+    instruction = similarity.binary(texts.tokens[mask], per_row[0], width)
+    rest = similarity.binary(texts.tokens[~mask], per_row[1], width)
     whole = instruction + rest
     whole.data[:] = 1.0
     return _Sets(instruction, rest, whole)
-
-
-def _binary(tokens: np.ndarray, per_row: np.ndarray, width: int) -> sparse.csr_matrix:
-    """CSR straight from the flat tokens (texts come in row order, so each row's tokens are contiguous)."""
-    indptr = np.zeros(len(per_row) + 1, dtype=np.int64)
-    np.cumsum(per_row.astype(np.int64), out=indptr[1:])
-    m = sparse.csr_matrix((np.ones(len(tokens), dtype=np.float32), tokens, indptr), shape=(len(per_row), width))
-    m.sum_duplicates()  # sorts each row's ids and merges repeats
-    m.data[:] = 1.0
-    return m
-
-
-# --- pairwise Jaccard: exact, MinHash, LSH ---------------------------------------------------------------------
-
-
-def _exact_pairs(x: sparse.csr_matrix, threshold: float | None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Sum of J over all pairs i < j, and the pairs i < j with J >= threshold (two position arrays and their J).
-
-    Row blocks of about BLOCK_CELLS cells of the upper triangle at a time; intersections are a sparse product over
-    the rarer tokens plus a dense one over tokens in more than 1/DENSE_DF of the rows (a token in d rows costs d²
-    in a sparse product). float32 holds the counts exactly and decides J >= 0.5 or 0.8 right: p/q with q below
-    10^6 differs from 1/2 or 4/5 by at least 1/(5q), far above float32 rounding."""
-    n = x.shape[0]
-    sizes = np.diff(x.indptr).astype(np.float32)
-    common = np.bincount(x.indices, minlength=x.shape[1]) * DENSE_DF > n
-    dense = x[:, np.flatnonzero(common)].toarray()
-    rare = x[:, np.flatnonzero(~common)].tocsr()
-    total, found = 0.0, []
-    step = max(1, BLOCK_CELLS // max(n, 1))
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        inter = (rare[a:b] @ rare[a:].T).toarray() + dense[a:b] @ dense[a:].T
-        union = sizes[a:b, None] + sizes[None, a:] - inter
-        jac = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        jac[:, : b - a] = np.triu(jac[:, : b - a], 1)
-        total += float(jac.sum(dtype=np.float64))
-        if threshold is not None:
-            i, j = np.nonzero(jac >= threshold)
-            found.append((i + a, j + a, jac[i, j]))
-    i, j, v = (_concat([f[k] for f in found], dt) for k, dt in enumerate((np.int64, np.int64, np.float64)))
-    return total, i, j, v
 
 
 @dataclass
@@ -521,105 +464,9 @@ class _Signatures:
 
     @classmethod
     def of(cls, sets: _Sets, tokens: np.ndarray, seed: int) -> _Signatures:
-        ranks = _ranks(sets.whole.shape[1], tokens, seed)
-        instruction = _signatures(sets.instruction, ranks)
-        return cls(instruction, np.minimum(instruction, _signatures(sets.rest, ranks)))  # min over a union
-
-
-def _ranks(width: int, tokens: np.ndarray, seed: int) -> np.ndarray:
-    """(NUM_PERM, width): per hash, a uniformly random permutation of the dataset's distinct tokens. Exactly
-    min-wise independent, so P[two sets' min-hashes agree] = J with no hash-family bias."""
-    present = np.zeros(width, dtype=bool)
-    present[tokens] = True
-    distinct = int(present.sum())
-    rng = np.random.default_rng(seed)
-    table = np.full((NUM_PERM, width), distinct, dtype=np.uint32)
-    table[:, present] = rng.permuted(np.tile(np.arange(distinct, dtype=np.uint32), (NUM_PERM, 1)), axis=1)
-    return table
-
-
-def _signatures(x: sparse.csr_matrix, ranks: np.ndarray) -> np.ndarray:
-    """(NUM_PERM, n) min-hash per set, one hash and SIG_CHUNK tokens at a time (memory stays at one chunk per
-    hash, never k x tokens). Empty sets get distinct values above every rank: they agree with nothing, as in the
-    exact path (J = 0)."""
-    n = x.shape[0]
-    top = np.uint32(ranks.max(initial=0) + 1)
-    sig = np.tile(top + np.arange(n, dtype=np.uint32), (ranks.shape[0], 1))
-    nonempty = np.flatnonzero(np.diff(x.indptr) > 0)
-    starts = x.indptr[nonempty]
-    bounds = np.searchsorted(starts, np.arange(0, x.indptr[-1], SIG_CHUNK), side="left")
-    for c0, c1 in itertools.pairwise([*bounds.tolist(), len(nonempty)]):
-        if c0 == c1:
-            continue
-        lo = starts[c0]
-        hi = starts[c1] if c1 < len(starts) else x.indptr[-1]
-        chunk, offsets = x.indices[lo:hi], starts[c0:c1] - lo
-        for t, table in enumerate(ranks):
-            sig[t, nonempty[c0:c1]] = np.minimum.reduceat(table.take(chunk), offsets)
-    return sig
-
-
-def _minhash_mean(sig: np.ndarray) -> tuple[float, float]:
-    """Mean pairwise J and its standard error from bucket counts, no pair enumerated: under hash t the share of
-    pairs that agree is D_t = sum_v C(c_tv, 2) / C(n, 2) with c_tv the rows whose min-hash is v; E[D_t] = mean J
-    and the k hashes are independent, so the estimate is mean(D_t) with standard error std(D_t) / sqrt(k)."""
-    k, n = sig.shape
-    pairs = n * (n - 1) / 2
-    dense = int(sig.max(initial=0)) < 4 * n  # bincount is O(n + range): use it when the range is small
-    shares = np.empty(k)
-    for t in range(k):
-        counts = (np.bincount(sig[t]) if dense else np.unique(sig[t], return_counts=True)[1]).astype(np.float64)
-        shares[t] = float((counts * (counts - 1)).sum() / 2) / pairs
-    return float(shares.mean()), float(shares.std(ddof=1) / math.sqrt(k))
-
-
-def _lsh_pairs(
-    sig: np.ndarray, x: sparse.csr_matrix, rows: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i < j, positions in `rows`; sig's columns are those rows of x) with J >= threshold, and their J.
-    Candidates are rows that share all BAND_ROWS min-hashes of one of BANDS bands, each verified exactly. A
-    bucket over BUCKET_ALL_PAIRS rows is verified as a star from its first row: candidates stay near-linear."""
-    n = sig.shape[1]
-    live = np.flatnonzero(np.diff(x.indptr)[rows] > 0)
-    mult = np.random.default_rng(0x5EED).integers(1, 2**63, size=(BAND_ROWS, 1), dtype=np.uint64) | np.uint64(1)
-    keys: list[np.ndarray] = []
-    for band in range(BANDS):
-        h = (sig[band * BAND_ROWS : (band + 1) * BAND_ROWS, live].astype(np.uint64) * mult).sum(axis=0)
-        order = np.argsort(h, kind="stable")  # equal keys keep ascending positions
-        hs = h[order]
-        edges = np.concatenate(([0], np.flatnonzero(hs[1:] != hs[:-1]) + 1, [len(hs)]))
-        for r in np.flatnonzero(np.diff(edges) > 1):
-            members = live[order[edges[r] : edges[r + 1]]]
-            if len(members) <= BUCKET_ALL_PAIRS:
-                a, b = np.triu_indices(len(members), 1)
-                keys.append(members[a] * n + members[b])
-            else:
-                keys.append(members[0] * n + members[1:])
-    if not keys:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
-    cand = np.unique(np.concatenate(keys))
-    ci, cj = cand // n, cand % n
-    jac = _pair_jaccard(x, rows[ci], rows[cj])
-    keep = jac >= threshold
-    return ci[keep], cj[keep], jac[keep]
-
-
-def _pair_jaccard(x: sparse.csr_matrix, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    sizes = np.diff(x.indptr).astype(np.float64)
-    out = np.empty(len(i))
-    for s in range(0, len(i), PAIR_CHUNK):
-        a, b = i[s : s + PAIR_CHUNK], j[s : s + PAIR_CHUNK]
-        inter = np.asarray(x[a].multiply(x[b]).sum(axis=1), dtype=np.float64).ravel()
-        union = sizes[a] + sizes[b] - inter
-        out[s : s + PAIR_CHUNK] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return out
-
-
-def _recall(exact: bool) -> str:
-    if exact:
-        return "1 (every pair compared)"
-    curve = ", ".join(f"J {j}: {1 - (1 - j**BAND_ROWS) ** BANDS:.2f}" for j in (0.5, 0.6, 0.7, 0.8, 0.9))
-    return f"1 - (1 - J^{BAND_ROWS})^{BANDS} ({BANDS} bands of {BAND_ROWS} of {NUM_PERM} min-hashes): {curve}"
+        ranks = similarity.ranks(sets.whole.shape[1], tokens, seed)
+        instruction = similarity.signatures(sets.instruction, ranks)
+        return cls(instruction, np.minimum(instruction, similarity.signatures(sets.rest, ranks)))  # min over a union
 
 
 # --- diversity, paraphrase blocks, near duplicates -------------------------------------------------------------
@@ -634,24 +481,24 @@ def _diversity(dataset: Dataset, x: sparse.csr_matrix, sig: np.ndarray | None) -
     n = x.shape[0]
     pairs = n * (n - 1) // 2
     if sig is None:
-        total, i, j, _ = _exact_pairs(x, BLOCK_JACCARD)
+        total, i, j, _ = similarity.exact_pairs(x, BLOCK_JACCARD)
         score, stderr = (total / pairs if pairs else None), 0.0
     else:
-        score, stderr = _minhash_mean(sig)
-        i, j, _ = _lsh_pairs(sig, x, np.arange(n), BLOCK_JACCARD)
+        score, stderr = similarity.minhash_mean(sig)
+        i, j, _ = similarity.lsh_pairs(sig, x, np.arange(n), BLOCK_JACCARD)
     blocks = _blocks(n, i, j)
     index = np.array([r.index for r in dataset.rows])
     return Diversity(
         measure=DIVERSITY_MEASURE,
         score=None if score is None else round(score, 4),
         method="exact" if sig is None else "minhash",
-        num_perm=0 if sig is None else NUM_PERM,
+        num_perm=0 if sig is None else similarity.NUM_PERM,
         stderr=round(stderr, 4),
         pairs=pairs,
         block_threshold=BLOCK_JACCARD,
         block_min_rows=BLOCK_MIN_ROWS,
         block_method="exact" if sig is None else "minhash-lsh",
-        block_recall=_recall(sig is None),
+        block_recall=similarity.recall(sig is None),
         blocks=len(blocks),
         rows_in_blocks=sum(len(b) for b in blocks),
         listed=[_block(x, sig, rows, index) for rows in blocks[:CAP]],
@@ -673,11 +520,11 @@ def _blocks(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
 def _block(x: sparse.csr_matrix, sig: np.ndarray | None, rows: np.ndarray, index: np.ndarray) -> ParaphraseBlock:
     m = len(rows)
     if sig is None or m <= BLOCK_EXACT_MAX:  # on the exact path m <= n <= exact_max
-        total, *_ = _exact_pairs(x[rows], None)
+        total, *_ = similarity.exact_pairs(x[rows], None)
         mean, method = total / (m * (m - 1) / 2), "exact"
     else:
-        mean, err = _minhash_mean(sig[:, rows])
-        method = f"minhash (k={NUM_PERM}, ±{err:.3f})"
+        mean, err = similarity.minhash_mean(sig[:, rows])
+        method = f"minhash (k={similarity.NUM_PERM}, ±{err:.3f})"
     return ParaphraseBlock(size=m, rows=index[rows[:CAP]].tolist(), mean_jaccard=round(mean, 4), method=method)
 
 
@@ -687,16 +534,16 @@ def _near_duplicates(
     """Near pairs among distinct rows: each exact-duplicate group is represented by its first row."""
     reps = np.flatnonzero(first_of == np.arange(len(first_of)))
     if sig is None:
-        _, i, j, jac = _exact_pairs(x[reps], NEAR_JACCARD)
+        _, i, j, jac = similarity.exact_pairs(x[reps], NEAR_JACCARD)
     else:
-        i, j, jac = _lsh_pairs(sig[:, reps], x, reps, NEAR_JACCARD)
+        i, j, jac = similarity.lsh_pairs(sig[:, reps], x, reps, NEAR_JACCARD)
     index = np.array([r.index for r in dataset.rows])
     a, b = index[reps[i]], index[reps[j]]
     order = np.lexsort((b, a))[:CAP]
     return NearDuplicates(
         threshold=NEAR_JACCARD,
         method="exact" if sig is None else "minhash-lsh",
-        recall=_recall(sig is None),
+        recall=similarity.recall(sig is None),
         pairs=len(a),
         rows=len(np.union1d(a, b)),
         listed=[NearPair(a=int(a[k]), b=int(b[k]), jaccard=round(float(jac[k]), 4)) for k in order],
@@ -704,136 +551,3 @@ def _near_duplicates(
 
 
 # --- findings ---------------------------------------------------------------------------------------------------
-
-
-def findings(report: QualityReport) -> list[Finding]:
-    """What an agent should read first, most severe first; each says its number and the threshold it crossed.
-    Checks that found nothing share one closing info line."""
-    parts = [_harmful(report), _assistant(report), _exact(report), _near(report)]
-    out = [f for f in parts if isinstance(f, Finding)] + _length_findings(report) + _diversity_findings(report)
-    clean = [f for f in parts if isinstance(f, str)]
-    if clean:
-        out.append(Finding(text="; ".join(clean)))
-    return sorted(out, key=lambda f: SEVERITY_RANK[f.severity])
-
-
-def _harmful(report: QualityReport) -> Finding | str:
-    h = report.harmful
-    if not h.rows:
-        return f"no row matches the harmful-content list {h.version} ({h.phrases} phrases)"
-    examples = ", ".join(f"row {x.row} {x.category} '{x.term}'" for x in _first_per_row(h.flagged)[:5])
-    return Finding(
-        severity="critical",
-        text=f"{h.rows} row(s) match the harmful-content list {h.version} ({examples}{', …' if h.rows > 5 else ''}): "
-        "keyword matches, read them before training",
-    )
-
-
-def _assistant(report: QualityReport) -> Finding | str:
-    s = report.assistant_speak
-    if not s.rows:
-        return f"no assistant-speak ({s.phrases} phrases)"
-    share = s.rows / report.rows
-    terms = ", ".join(f"'{t}' ×{c}" for t, c in list(s.terms.items())[:3])
-    return Finding(
-        severity="warn" if share > WARN_ASSISTANT else "info",
-        text=f"{_pct(share)} of rows ({s.rows}) carry assistant-speak (warn above {_pct(WARN_ASSISTANT)}): rows "
-        f"{_rows_text([x.row for x in _first_per_row(s.flagged)], s.rows)}; most common {terms}",
-    )
-
-
-def _exact(report: QualityReport) -> Finding | str:
-    e = report.exact_duplicates
-    if not e.copies:
-        return "no exact duplicates"
-    share = e.copies / report.rows
-    groups = "; ".join(" = ".join(map(str, g.rows[:5])) + (" = …" if g.size > 5 else "") for g in e.listed[:3])
-    return Finding(
-        severity="warn" if share > WARN_EXACT_DUP else "info",
-        text=f"{e.copies} row(s) ({_pct(share)}) are exact copies of an earlier row, in {e.groups} group(s) (case "
-        f"and whitespace normalised; warn above {_pct(WARN_EXACT_DUP)}): rows {groups}",
-    )
-
-
-def _near(report: QualityReport) -> Finding | str:
-    d = report.near_duplicates
-    if not d.pairs:
-        return f"no near duplicates (token-set Jaccard ≥ {d.threshold}, {d.method})"
-    share = d.rows / report.rows
-    pairs = ", ".join(f"{p.a} & {p.b} ({p.jaccard:.2f})" for p in d.listed[:3])
-    return Finding(
-        severity="warn" if share > WARN_NEAR_DUP else "info",
-        text=f"{d.pairs} near-duplicate pair(s) over {d.rows} rows ({_pct(share)}; token-set Jaccard ≥ "
-        f"{d.threshold}, {d.method}; warn above {_pct(WARN_NEAR_DUP)}): rows {pairs}",
-    )
-
-
-def _length_findings(report: QualityReport) -> list[Finding]:
-    n, ln = report.rows, report.lengths
-    out = [
-        Finding(
-            text=f"lengths in tokens ({ln.definition}): min {ln.min}, median {ln.median:g}, p95 {ln.p95}, "
-            f"max {ln.max} (max_len {ln.max_len})"
-        )
-    ]
-    if ln.over:
-        share = ln.over / n
-        longest = max(ln.over_rows, key=lambda r: r.tokens)
-        out.append(
-            Finding(
-                severity="critical" if share > CRITICAL_OVER_LEN else "warn",
-                text=f"{ln.over} row(s) ({_pct(share)}) are longer than max_len {ln.max_len} tokens and would be "
-                f"truncated (critical above {_pct(CRITICAL_OVER_LEN)}): rows "
-                f"{_rows_text([r.row for r in ln.over_rows], ln.over)} (longest listed: row {longest.row}, "
-                f"{longest.tokens} tokens)",
-            )
-        )
-    return out
-
-
-def _diversity_findings(report: QualityReport) -> list[Finding]:
-    d, n = report.diversity, report.rows
-    out = []
-    if d.score is not None:
-        how = "exact" if d.method == "exact" else f"MinHash estimate, k={d.num_perm}, ±{d.stderr:.3f} (1 s.e.)"
-        severity: Severity = (
-            "critical" if d.score > CRITICAL_DIVERSITY else "warn" if d.score > WARN_DIVERSITY else "info"
-        )
-        out.append(
-            Finding(
-                severity=severity,
-                text=f"instruction diversity: mean pairwise token-set Jaccard {d.score:.3f} over {n} rows ({how}; "
-                f"warn above {WARN_DIVERSITY}, red flag above {CRITICAL_DIVERSITY}: near-paraphrases)",
-            )
-        )
-    if d.blocks:
-        share = d.rows_in_blocks / n
-        shown = "; ".join(
-            f"rows {_rows_text(b.rows, b.size)} ({b.size} rows, mean Jaccard {b.mean_jaccard:.2f})"
-            for b in d.listed[:3]
-        )
-        out.append(
-            Finding(
-                severity="warn" if share > WARN_BLOCKS else "info",
-                text=f"{d.rows_in_blocks} rows ({_pct(share)}) sit in {d.blocks} near-paraphrase block(s) "
-                f"(instructions linked at Jaccard ≥ {d.block_threshold}, blocks of ≥ {d.block_min_rows}; warn above "
-                f"{_pct(WARN_BLOCKS)}): {shown}",
-            )
-        )
-    return out
-
-
-def _first_per_row(hits: Sequence[ListHit]) -> list[ListHit]:
-    seen: dict[int, ListHit] = {}
-    for h in hits:
-        seen.setdefault(h.row, h)
-    return list(seen.values())
-
-
-def _rows_text(rows: Sequence[int], total: int, limit: int = 10) -> str:
-    shown = ", ".join(map(str, rows[:limit]))
-    return shown + (f", … ({total - min(limit, len(rows))} more)" if total > min(limit, len(rows)) else "")
-
-
-def _pct(share: float) -> str:
-    return f"{100 * share:.3g}%"

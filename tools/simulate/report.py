@@ -23,7 +23,7 @@ from tools.simulate.models import (
     SimulationResult,
 )
 from tools.simulate.preference import PreferenceSweep
-from tools.simulate.quality import findings as quality_findings
+from tools.simulate.quality_findings import findings as quality_findings
 from tools.watch.snapshot import Signal
 from toolserver.contract import SEVERITY_RANK, Finding, FollowUp
 
@@ -52,6 +52,7 @@ def landscape(sw: Sweep, grad_clip: float) -> Landscape:
         dead=[m.name for m in modules if m.dead],
         series_loss=[b.loss for b in sw.grads],
         series_max_grad=[b.max_grad for b in sw.grads],
+        series_mean_grad=[statistics.fmean(b.modules.values()) for b in sw.grads],
         heatmap=_heatmap(names, columns, [b.index for b in sw.grads]),
         skipped_batches=len(sw.skipped),
     )

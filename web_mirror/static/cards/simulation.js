@@ -20,11 +20,12 @@ function timeline(passes) {
 }
 
 function lines(card, land, signals) {
-  let xs, loss, grad;
+  let xs, loss, grad, mean = null;
   if (land) {
     xs = land.series_loss.map((_, i) => i + 1);
     loss = land.series_loss;
     grad = land.series_max_grad;
+    mean = Array.isArray(land.series_mean_grad) ? land.series_mean_grad : null;
   } else {
     const pts = card.live ? card.live.points : [];
     xs = pts.map((p) => p.step);
@@ -39,7 +40,8 @@ function lines(card, land, signals) {
     sparkline(xs, ys, marks, { label: name }));
   return el("div", { class: "sparks" },
     row("loss per batch", loss, signals.filter((s) => !gradTypes.has(s.type)).map(marker)),
-    row(`max grad norm per batch (spike limit ${land ? fmt(land.spike_limit) : "5 × clip"})`, grad, signals.filter((s) => gradTypes.has(s.type)).map(marker)));
+    row(`max grad norm per batch (spike limit ${land ? fmt(land.spike_limit) : "5 × clip"})`, grad, signals.filter((s) => gradTypes.has(s.type)).map(marker)),
+    mean ? row("mean module grad norm per batch", mean, []) : null);
 }
 
 // "transformer.h.0.attn.c_attn", … → "h.0.attn.c_attn", …: the dotted prefix every row shares says nothing
