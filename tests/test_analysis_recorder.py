@@ -15,7 +15,12 @@ from analysis_fixtures import train
 from watch_fixtures import sequences, tiny_lm
 
 from tools.watch import StepLogger
-from tools.watch.analysis_checkpoint import AnalysisConfig, read_analysis_checkpoint
+from tools.watch.analysis_checkpoint import (
+    AnalysisConfig,
+    MovementReference,
+    movement_sample,
+    read_analysis_checkpoint,
+)
 from tools.watch.analysis_schema import AnalysisCheckpoint
 
 
@@ -24,9 +29,9 @@ def rel_move(w: torch.Tensor, ref: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(w - ref) / torch.linalg.vector_norm(ref))
 
 
-def strided(t: torch.Tensor, k: int) -> torch.Tensor:
+def on_sample(t: torch.Tensor, k: int) -> torch.Tensor:
     flat = t.reshape(-1)
-    return flat[torch.linspace(0, flat.numel() - 1, k, dtype=torch.float64).round().long()]
+    return flat[movement_sample(flat.numel(), k)]
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +59,10 @@ def test_movement_is_exact_for_tensors_within_the_reference(exact_run: tuple[Pat
     assert checked == len(ref) * (len(files) - 1) and any(w.moved > 0.01 for w in ck.weights.values())
 
 
-def test_large_tensors_move_on_a_strided_sample_and_zero_keeps_every_element(tmp_path: Path) -> None:
+def test_large_tensors_move_on_a_random_sample_and_zero_keeps_every_element(tmp_path: Path) -> None:
     """movement_sample=300 on the tiny model (its embeddings have 2,048 elements, its MLP matrices 4,096): each value
-    is exact on the strided sample and an estimate of the whole tensor's — on this run within 9.4% of it (median 2.2%,
-    over the 10 tensors larger than the sample), bounded here at 15%; 1,000 elements bring that to 5.0% (median 0.6%).
-    A stride that divides the row length samples only some columns (256 of 4,096: every 16th, 8 of 128 columns,
-    12% off). movement_sample=0 keeps every element and is exact."""
+    is exact on the sample and an estimate of the whole tensor's, bounded here at 15% (over the tensors larger than
+    the sample). movement_sample=0 keeps every element and is exact."""
     kept = train(tmp_path / "s", n_layer=2, steps=20, config=AnalysisConfig(movement_sample=300))
     train(tmp_path / "all", n_layer=2, steps=20, config=AnalysisConfig(movement_sample=0))
     ref_step, last = min(kept), max(kept)
@@ -70,11 +73,27 @@ def test_large_tensors_move_on_a_strided_sample_and_zero_keeps_every_element(tmp
     assert "transformer.wte.weight" in big and "transformer.h.0.mlp.c_fc.weight" in big
     for name in big:
         w, ref = kept[last].weights[name], kept[ref_step].weights[name]
-        assert sampled.weights[name].moved == pytest.approx(rel_move(strided(w, 300), strided(ref, 300)), rel=1e-4)
+        assert sampled.weights[name].moved == pytest.approx(rel_move(on_sample(w, 300), on_sample(ref, 300)), rel=1e-4)
         assert sampled.weights[name].moved == pytest.approx(rel_move(w, ref), rel=0.15), name
         assert full.weights[name].moved == pytest.approx(rel_move(w, ref), rel=1e-4), name  # same seed, same run
     small = [n for n, w in kept[last].weights.items() if w.numel() <= 300]
     assert small and all(sampled.weights[n].moved == full.weights[n].moved for n in small)
+
+
+def test_a_random_sample_does_not_alias_with_the_row_length() -> None:
+    """A 64 × 64 matrix that moved in 8 of its columns only: an even stride of 16 (256 of 4,096 positions) never
+    sees those columns and would read no movement at all; the recorder's uniform sample sees about 32 moved
+    positions and lands near the true value."""
+    torch.manual_seed(0)
+    ref = torch.randn(64, 64)
+    w = ref.clone()
+    w[:, 1:64:8] += 0.5 * torch.randn(64, 8)
+    stride = torch.arange(0, 4096, 16)
+    assert rel_move(w.reshape(-1)[stride], ref.reshape(-1)[stride]) == 0.0
+    reference = MovementReference(0, 256, [("m", ref)])
+    got, _ = reference.moved("m", w)
+    assert got == pytest.approx(rel_move(w, ref), rel=0.35)
+    assert movement_sample(4096, 256).equal(movement_sample(4096, 256))  # the same positions every checkpoint
 
 
 def one_step(directory: Path, tamper: Callable[[Any], None] | None = None) -> tuple[Any, AnalysisCheckpoint]:

@@ -112,7 +112,7 @@ class MovedParam(BaseModel):
     name: str
     layer: int | None
     moved: float = Field(description="‖w − w_ref‖ / ‖w_ref‖ at the last checkpoint")
-    exact: bool = Field(description="false: measured on the recorder's strided sample of the tensor (an estimate)")
+    exact: bool = Field(description="false: measured on the recorder's random sample of the tensor (an estimate)")
     grad_norm: float | None = Field(description="its grad norm at the last checkpoint")
 
 

@@ -184,7 +184,7 @@ def _overview(res: AnalysisViewResult) -> str:
         text += f"; global grad norm {norms[0]:.3g} → {norms[-1]:.3g}"
     if res.movement_top and res.movement is not None:
         top = res.movement_top[0]
-        how = "" if top.exact else ", estimated on a strided sample"
+        how = "" if top.exact else ", estimated on a random sample"
         text += f"; most moved since step {res.movement.reference_step}: {top.name} (‖Δw‖/‖w‖ {top.moved:.3g}{how})"
     return text + "."
 
@@ -267,7 +267,7 @@ def table(res: AnalysisViewResult) -> str:
         sample = (
             "every element"
             if res.movement.sample == 0
-            else f"exact up to {res.movement.sample:,} elements a tensor, a strided sample beyond"
+            else f"exact up to {res.movement.sample:,} elements a tensor, a random sample beyond"
         )
         lines.append(f"movement from step {res.movement.reference_step} ({sample})")
     lines.append(f"grad clip: {res.grad_clip:g}" if res.grad_clip else "grad clip: unknown")

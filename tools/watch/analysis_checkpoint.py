@@ -16,12 +16,12 @@ across depth, and their gradients get a grid of the same rows and columns. A 0.5
 to about 275 KB (bench/watch.py).
 
 Movement: at its first checkpoint the recorder keeps a float32 CPU copy of every trainable parameter
-(requires_grad) — the whole tensor up to `movement_sample` elements, else an evenly strided sample of that
-many (`movement_sample=0`: every element) — and each later checkpoint records ‖w − w_ref‖ / ‖w_ref‖ on those
-elements (exact for tensors that fit, an estimate for the rest; the file's `movement` block says which
-sample size was used). The estimate tightens with the sample (tests/test_analysis_recorder.py: 300 of 2–4k
-elements within 10%, 1,000 within 5%); a stride that divides a matrix's row length sees only some of its
-columns. About 4 × movement_sample bytes per large tensor: 45 MB for a 0.5B model.
+(requires_grad) — the whole tensor up to `movement_sample` elements, else that many positions drawn uniformly
+at random, the same at every checkpoint (`movement_sample=0`: every element) — and each later checkpoint
+records ‖w − w_ref‖ / ‖w_ref‖ on those elements (exact for tensors that fit, an estimate for the rest; the
+file's `movement` block says which sample size was used). The estimate tightens with the sample
+(tests/test_analysis_recorder.py measures it). About 4 × movement_sample bytes per large tensor: 45 MB for
+a 0.5B model.
 
 Gradients are those present when `record()` runs — StepLogger.step, after backward and before
 optimizer.step. Call it before `clip_grad_norm_` to record pre-clip gradients, which is what lets a viewer
@@ -74,8 +74,8 @@ class AnalysisConfig(BaseModel):
     movement_sample: int = Field(
         65_536,
         ge=0,
-        description="elements of each trainable parameter kept as the movement reference (larger tensors: an evenly "
-        "strided sample of this many); 0 keeps every element",
+        description="elements of each trainable parameter kept as the movement reference (larger tensors: this many "
+        "positions drawn uniformly, the same at every checkpoint); 0 keeps every element",
     )
     grad_clip: float | None = Field(
         None, gt=0, description="the run's gradient clip norm, written into each checkpoint for the viewer"
@@ -90,6 +90,14 @@ def _r(x: float, digits: int = 4) -> float:
 def _index(n: int, k: int) -> torch.Tensor:
     """min(n, k) evenly spaced indices into n (float64: float32 cannot address 136M-element tensors)."""
     return torch.linspace(0, n - 1, min(n, k), dtype=torch.float64).round().long()
+
+
+def movement_sample(n: int, k: int) -> torch.Tensor:
+    """k of n positions drawn uniformly (with replacement, sorted) from a generator seeded by n and k: the same
+    positions at every checkpoint, without an n-sized permutation, and no aliasing with a row length (an even
+    stride that divides it would see only some columns: 256 of a 4,096 × 4,096 matrix's positions, 16 columns)."""
+    g = torch.Generator().manual_seed(n * 1_000_003 + k)
+    return torch.randint(0, n, (k,), generator=g).sort().values
 
 
 def sampled_grid(t: torch.Tensor, size: int = GRID) -> list[list[float]]:
@@ -248,7 +256,7 @@ class MovementReference:
         flat = t.detach().reshape(-1)
         sample = self.block.sample
         if sample and flat.numel() > sample:
-            flat = flat[_index(flat.numel(), sample).to(flat.device)]  # a gather: already a copy
+            flat = flat[movement_sample(flat.numel(), sample).to(flat.device)]  # a gather: already a copy
             copy = False
         return flat.to("cpu", torch.float32, copy=copy)
 

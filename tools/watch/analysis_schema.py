@@ -25,8 +25,9 @@ Reason = Literal["scheduled", "loss_spike", "grad_norm", "dead_param"]
 
 _MOVED = (
     "‖w − w_ref‖ / ‖w_ref‖ from the reference checkpoint (movement.reference_step) over the reference elements: "
-    "every element of a tensor with at most movement.sample elements (or when sample is 0), else that many evenly "
-    "strided ones (an estimate); trainable parameters only; absent when ‖w_ref‖ = 0"
+    "every element of a tensor with at most movement.sample elements (or when sample is 0), else that many positions "
+    "drawn uniformly at random, the same at every checkpoint (an estimate); trainable parameters only; absent when "
+    "‖w_ref‖ = 0"
 )
 
 
@@ -88,8 +89,8 @@ class Movement(FileModel):
 
     reference_step: int = Field(description="the checkpoint whose weights are the reference (the recorder's first)")
     sample: int = Field(
-        description="reference elements kept per tensor: tensors with more are compared on an evenly strided sample "
-        "of this many (an estimate); 0: every element of every tensor (exact)"
+        description="reference elements kept per tensor: tensors with more are compared on this many positions "
+        "drawn uniformly at random (an estimate); 0: every element of every tensor (exact)"
     )
 
 

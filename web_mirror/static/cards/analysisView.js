@@ -82,7 +82,7 @@ function ranking(s) {
   return el("ol", { class: "av-rank" }, top.map((m) => {
     const bar = el("span", { class: "av-bar" });
     bar.style.width = `${Math.max(1, ((num(m.moved) || 0) / max) * 100)}%`;
-    return el("li", { title: `${m.name}${m.exact ? "" : " (estimated on a strided sample)"}` },
+    return el("li", { title: `${m.name}${m.exact ? "" : " (estimated on a random sample)"}` },
       el("span", { class: "av-name" }, short(String(m.name ?? ""))),
       el("span", { class: "av-track" }, bar),
       el("span", { class: "num" }, `${m.exact ? "" : "≈"}${fmt(m.moved)}`));
