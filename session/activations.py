@@ -204,26 +204,45 @@ def decoder_layers(module: nn.Module, n_layers: int) -> nn.ModuleList:
     )
 
 
+def resid_hook(
+    module: nn.Module, n_layers: int, hook: str, captured: dict[str, torch.Tensor], *, detach: bool = True
+) -> Any:
+    """A forward hook on a transformers module that keeps the residual stream at `hook` (blocks.L.hook_resid_pre or
+    hook_resid_post: the input or the output of its layer L) in captured[hook]; detach=False keeps the tensor's
+    graph, for a gradient with respect to it. Returns the handle."""
+    m = _HF_HOOK.match(hook)
+    if m is None:
+        raise ToolError(
+            f"through transformers only the residual stream can be read (blocks.L.hook_resid_pre or hook_resid_post), "
+            f"not {hook}",
+            "use an SAE trained on a resid_pre or resid_post hook",
+        )
+    layer, where = int(m.group(1)), m.group(2)
+    if layer >= n_layers:
+        raise ToolError(
+            f"hook {hook} names layer {layer}, but the model has {n_layers} layers", "pick a layer in range"
+        )
+    block = decoder_layers(module, n_layers)[layer]
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        return t.detach() if detach else t
+
+    if where == "pre":
+
+        def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured[hook] = keep(args[0] if args else kwargs["hidden_states"])
+
+        return block.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(mod: nn.Module, args: Any, output: Any) -> None:
+        captured[hook] = keep(output[0] if isinstance(output, tuple) else output)
+
+    return block.register_forward_hook(post)
+
+
 @contextmanager
 def _hf_hooks(model: LoadedModel, hooks: Sequence[str], captured: dict[str, torch.Tensor]) -> Iterator[Any]:
-    layers = decoder_layers(model.hf, model.n_layers)
-    handles = []
-    for hook in hooks:
-        m = _HF_HOOK.match(hook)
-        assert m is not None  # check_hooks let only these through
-        layer, where = int(m.group(1)), m.group(2)
-        if where == "pre":
-
-            def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = hook) -> None:
-                captured[name] = (args[0] if args else kwargs["hidden_states"]).detach()
-
-            handles.append(layers[layer].register_forward_pre_hook(pre, with_kwargs=True))
-        else:
-
-            def post(module: nn.Module, args: Any, output: Any, name: str = hook) -> None:
-                captured[name] = (output[0] if isinstance(output, tuple) else output).detach()
-
-            handles.append(layers[layer].register_forward_hook(post))
+    handles = [resid_hook(model.hf, model.n_layers, hook, captured) for hook in hooks]
 
     def forward(batch: TokenBatch) -> None:
         positions = {"position_ids": position_ids(batch.attention_mask)} if model.kind == "llm" else {}

@@ -15,7 +15,6 @@ When both passes run they share the forward. Dropout is off (eval mode): the lan
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,12 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from session.activations import decoder_layers
+from session.activations import resid_hook
 from tools.simulate.batches import TrainBatch
 from tools.watch.emitters import GradNormMeter
-from toolserver.contract import ToolError
-
-_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 
 @dataclass
@@ -72,22 +68,6 @@ class Sweep:
         return {k: v / n for k, v in self.grad_sums.items()}
 
 
-def hook_site(model: nn.Module, n_layers: int, hook: str) -> tuple[nn.Module, str]:
-    """The decoder layer whose input (resid_pre) or output (resid_post) is the hook's residual stream."""
-    m = _HOOK.match(hook)
-    if m is None:
-        raise ToolError(
-            f"simulate reads SAEs on the residual stream (blocks.L.hook_resid_pre or hook_resid_post), not {hook}",
-            "load an SAE trained on a resid_pre or resid_post hook",
-        )
-    layer = int(m.group(1))
-    if layer >= n_layers:
-        raise ToolError(
-            f"hook {hook} names layer {layer}, but the model has {n_layers} layers", "use an SAE for this model"
-        )
-    return decoder_layers(model, n_layers)[layer], m.group(2)
-
-
 def sweep(
     model: nn.Module,
     n_layers: int,
@@ -102,7 +82,7 @@ def sweep(
     """Run every batch (see the module doc). `acts`: pass 1; `grads`: pass 2."""
     out = Sweep(hooks={hook: HookSums(sae) for hook, sae in saes.items()})
     captured: dict[str, torch.Tensor] = {}
-    handles = [capture(model, n_layers, hook, captured) for hook in saes]
+    handles = [resid_hook(model, n_layers, hook, captured, detach=False) for hook in saes]
     meter = GradNormMeter(model) if grads else None
     names = {id(p): n for n, p in model.named_parameters()}
     was_training = model.training
@@ -142,22 +122,6 @@ def sweep(
             p.grad = None
         model.train(was_training)
     return out
-
-
-def capture(model: nn.Module, n_layers: int, hook: str, captured: dict[str, torch.Tensor]) -> Any:
-    """A forward hook keeping the residual stream at `hook` in captured[hook] (with its graph); returns the handle."""
-    layer, where = hook_site(model, n_layers, hook)
-    if where == "pre":
-
-        def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            captured[hook] = args[0] if args else kwargs["hidden_states"]
-
-        return layer.register_forward_pre_hook(pre, with_kwargs=True)
-
-    def post(module: nn.Module, args: Any, output: Any) -> None:
-        captured[hook] = output[0] if isinstance(output, tuple) else output
-
-    return layer.register_forward_hook(post)
 
 
 def _sae_tokens(mask: torch.Tensor) -> torch.Tensor:

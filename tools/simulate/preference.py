@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from session.activations import resid_hook
 from tools.simulate.batches import IGNORE, collate, encode_pairs, pad_id
 from tools.simulate.dataset import Row
-from tools.simulate.landscape import capture
 
 
 @dataclass
@@ -57,7 +57,7 @@ def preference_sweep(
 ) -> PreferenceSweep:
     out = PreferenceSweep()
     captured: dict[str, torch.Tensor] = {}
-    handles = [capture(model, n_layers, hook, captured) for hook in hooks]
+    handles = [resid_hook(model, n_layers, hook, captured, detach=False) for hook in hooks]
     pad = pad_id(tokenizer)
     was_training = model.training
     model.eval()
