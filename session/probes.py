@@ -98,36 +98,33 @@ def read_probes(path: str | Path | None) -> ProbeSet:
     if p.suffix.lower() == ".txt":
         probes = [Probe(prompt=line, line=i) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
         fmt = "text"
-    elif text.lstrip().startswith("["):
-        probes, fmt = _json_array(p, text), "json"
     else:
-        probes, fmt = _jsonl(p, text), "jsonl"
+        items, unit = json_items(p, text, "probes file", PROBES_HINT)
+        probes, fmt = [_probe(item, p, n, unit) for n, item in items], "json" if unit == "item" else "jsonl"
     if not probes:
         raise ToolError(f"probes file {p} holds no probes", PROBES_HINT)
     return ProbeSet(source=str(p.resolve()), format=fmt, probes=probes)  # type: ignore[arg-type]
 
 
-def _json_array(path: Path, text: str) -> list[Probe]:
-    try:
-        items = json.loads(text)
-    except ValueError as e:
-        raise ToolError(f"probes file {path} is not valid JSON: {e}", PROBES_HINT) from None
-    if not isinstance(items, list):
-        raise ToolError(f"probes file {path} is a JSON {type(items).__name__}, not an array", PROBES_HINT)
-    return [_probe(item, path, i, "item") for i, item in enumerate(items, 1)]
-
-
-def _jsonl(path: Path, text: str) -> list[Probe]:
-    probes = []
-    for i, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
+def json_items(path: Path, text: str, what: str, hint: str) -> tuple[list[tuple[int, Any]], str]:
+    """A JSON array's items or a JSONL file's non-empty lines, each with its number (1-based), and the unit they are
+    counted in ("item" or "line"); a file that does not parse is one ToolError naming it (and the line)."""
+    if text.lstrip().startswith("["):
         try:
-            item = json.loads(raw)
+            items = json.loads(text)
         except ValueError as e:
-            raise ToolError(f"{path} line {i} is not valid JSON: {e}", PROBES_HINT) from None
-        probes.append(_probe(item, path, i, "line"))
-    return probes
+            raise ToolError(f"{what} {path} is not valid JSON: {e}", hint) from None
+        if not isinstance(items, list):
+            raise ToolError(f"{what} {path} is a JSON {type(items).__name__}, not an array", hint)
+        return list(enumerate(items, 1)), "item"
+    out = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if raw.strip():
+            try:
+                out.append((n, json.loads(raw)))
+            except ValueError as e:
+                raise ToolError(f"{path} line {n} is not valid JSON: {e}", hint) from None
+    return out, "line"
 
 
 def _probe(item: Any, path: Path, n: int, unit: str) -> Probe:

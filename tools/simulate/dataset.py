@@ -8,12 +8,12 @@ the file, the line and the field; nothing is read half.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from session.probes import json_items
 from toolserver.contract import ToolError, missing
 
 Format = Literal["sft", "preference"]
@@ -57,33 +57,13 @@ def read_dataset(path: str | Path, fmt: Format | None = None) -> Dataset:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ToolError(f"dataset {p} is unreadable: {e}", DATASET_HINT) from None
-    items = _items(p, text)
+    items, unit = json_items(p, text, "dataset", DATASET_HINT)
     if not items:
         raise ToolError(f"dataset {p} holds no rows", DATASET_HINT)
-    unit = "item" if text.lstrip().startswith("[") else "line"
     first_line, first = items[0]
     fmt = fmt or _detect(first, f"{p} {unit} {first_line}")
     rows = [_row(item, fmt, f"{p} {unit} {n}", index, n) for index, (n, item) in enumerate(items)]
     return Dataset(path=str(p.resolve()), format=fmt, rows=rows)
-
-
-def _items(path: Path, text: str) -> list[tuple[int, Any]]:
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except ValueError as e:
-            raise ToolError(f"dataset {path} is not valid JSON: {e}", DATASET_HINT) from None
-        if not isinstance(items, list):
-            raise ToolError(f"dataset {path} is a JSON {type(items).__name__}, not an array", DATASET_HINT)
-        return list(enumerate(items, 1))
-    out = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        if raw.strip():
-            try:
-                out.append((n, json.loads(raw)))
-            except ValueError as e:
-                raise ToolError(f"{path} line {n} is not valid JSON: {e}", DATASET_HINT) from None
-    return out
 
 
 def _detect(item: Any, where: str) -> Format:
