@@ -114,3 +114,11 @@ export function setSeverities(order) {
   severities = Array.isArray(order) ? order.filter((s) => typeof s === "string") : [];
 }
 export const severityRank = (s) => (severities.includes(s) ? severities.indexOf(s) : severities.length);
+
+// Signals (watch's schema) from the live markers and the slim payload, each once (a signal is its type, step,
+// metric and episode), most severe first, then earliest.
+export function mergeSignals(...lists) {
+  const seen = new Map();
+  for (const s of lists.flat()) if (isObject(s)) seen.set(`${s.type}|${s.step}|${s.metric}|${s.episode ?? ""}`, s);
+  return [...seen.values()].sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || toNumber(a.step) - toNumber(b.step));
+}

@@ -2,7 +2,7 @@
 // module × batch gradient-norm heatmap with dead modules marked, loss and max-grad per batch with the signals,
 // the predicted features (strengthen / suppress bars), the quality flags with their rows, the preference margins
 // histogram, and the no-optimiser-step check. While it runs, the simulate.* step events draw the two lines.
-import { el, fmt, isObject, severityRank, toNumber } from "../dom.js";
+import { el, fmt, isObject, mergeSignals, toNumber } from "../dom.js";
 import { heatmap } from "../heatmap.js";
 import { sparkline } from "../sparkline.js";
 
@@ -125,9 +125,7 @@ function preference(p) {
 export function render(card) {
   const s = isObject(card.slim) ? card.slim : {};
   const land = isObject(s.landscape) ? s.landscape : null;
-  const live = card.live ? card.live.markers.filter(isObject) : [];
-  const signals = [...new Map([...live, ...list(s.signals)].map((x) => [`${x.type}|${x.step}|${x.metric}|${x.episode ?? ""}`, x])).values()]
-    .sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || toNumber(a.step) - toNumber(b.step));
+  const signals = mergeSignals(card.live ? card.live.markers : [], list(s.signals));
   const inv = isObject(s.invariant) ? s.invariant : null;
   return el("div", { class: "sim" },
     timeline(list(s.timeline)),

@@ -3,7 +3,7 @@
 // most severe first; an episode's end says how long it lasted. The live series (training.watch.* events: points and signal markers) draws it
 // while the run streams; the tool's slim model (tools/watch/models.py: WatchCard — downsampled series,
 // ranked signals, summary) takes over when it arrives.
-import { el, fmt, isObject, kvTable, severityRank, toNumber } from "../dom.js";
+import { el, fmt, isObject, kvTable, mergeSignals, toNumber } from "../dom.js";
 import { sparkline } from "../sparkline.js";
 
 const GRAD_SIGNALS = new Set(["gradient_spike", "grad_nonfinite"]);
@@ -17,10 +17,7 @@ function series(card) {
 }
 
 function signals(card) {
-  const all = [...(card.live ? card.live.markers : []), ...(isObject(card.slim) && Array.isArray(card.slim.signals) ? card.slim.signals : [])];
-  const seen = new Map();
-  for (const s of all) if (isObject(s)) seen.set(`${s.type}|${s.step}|${s.metric}|${s.episode ?? ""}`, s);
-  return [...seen.values()].sort((a, b) => severityRank(a.severity) - severityRank(b.severity) || toNumber(a.step) - toNumber(b.step));
+  return mergeSignals(card.live ? card.live.markers : [], isObject(card.slim) && Array.isArray(card.slim.signals) ? card.slim.signals : []);
 }
 
 function last(values) {
