@@ -16,6 +16,8 @@ BENCHES = (
     "analysis_view",
     "simulate_quality",
     "simulate",
+    "simulate_second",
+    "simulate_distributed",
 )
 
 

@@ -20,6 +20,7 @@ from tools.simulate.curvature import (
     LissaResult,
     bottom_eigenvalue,
     causal_lm_loss,
+    extreme_eigenvalues,
     hvp,
     influence,
     lissa,
@@ -154,6 +155,15 @@ def test_lanczos_finds_both_ends_of_the_spectrum(exact: dict, spectrum: tuple) -
         assert abs(got.value - float(want)) <= 0.02 * abs(float(want)), (got.value, float(want))
     assert top.which == "top" and bottom.which == "bottom"
     assert "vector" not in top.model_dump()
+
+
+def test_one_lanczos_run_finds_both_ends_in_fewer_hvps(exact: dict, spectrum: tuple) -> None:
+    hvp_fn, top, bottom = spectrum
+    high, low = extreme_eigenvalues(hvp_fn, [v.shape for v in top.vector])
+    eig = torch.linalg.eigvalsh(exact["mean"])
+    assert high.converged and low.converged and high.which == "top" and low.which == "bottom"
+    assert high.value == pytest.approx(float(eig[-1]), rel=0.02) and low.value == pytest.approx(float(eig[0]), rel=0.02)
+    assert high.iterations == low.iterations < top.iterations + bottom.iterations
 
 
 def test_lanczos_reports_an_exhausted_budget(exact: dict, spectrum: tuple, lm: dict) -> None:

@@ -76,7 +76,18 @@ def _add_field(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit 1 like every other error: 2 is a failing merge verdict, which a script must tell apart
-    from a mistyped flag (argparse's own default is 2). Sub-parsers are made of the same class."""
+    from a mistyped flag (argparse's own default is 2). Sub-parsers are made of the same class.
+
+    `joined` holds the two-word commands registered as one sub-command (see build_parser): their two words are
+    read as that one name before parsing."""
+
+    joined: frozenset[str] = frozenset()
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        args = list(sys.argv[1:] if args is None else args)
+        if len(args) >= 2 and f"{args[0]} {args[1]}" in self.joined:
+            args = [f"{args[0]} {args[1]}", *args[2:]]
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -84,13 +95,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(tools: Sequence[ToolSpec[Any, Any]]) -> argparse.ArgumentParser:
+    """One sub-command per tool. Two-word commands share a group named by their first word ("sae diff", "sae
+    train"), except where that word is itself a command ("simulate" and "simulate compare"): such a command is
+    one sub-command named by both words, which the parser joins from argv, so both keep their own flags."""
     parser = _Parser(prog="trainspect", description="What a fine-tune did to a language model.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
+    single = {spec.command for spec in tools if len(spec.command.split()) == 1}
+    parser.joined = frozenset(
+        spec.command for spec in tools if len(words := spec.command.split()) == 2 and words[0] in single
+    )
     for spec in tools:
         words = spec.command.split()
         target = sub
-        if len(words) == 2:
+        if spec.command in parser.joined:
+            words = [spec.command]
+        elif len(words) == 2:
             if words[0] not in groups:
                 group = sub.add_parser(words[0], help=f"{words[0]} commands")
                 groups[words[0]] = group.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
@@ -157,6 +177,9 @@ def _run_tool(ns: argparse.Namespace) -> int:
     from toolserver.runner import invoke
 
     spec: ToolSpec[Any, Any] = ns.spec
+    rank = _join_ranks(spec, ns._session)
+    if rank:
+        return _run_rank(ns, rank)
     mirror = _mirror(ns._mirror, ns._no_mirror)
     table = ns._output == "table"
     bar = TerminalProgress(spec.command, enabled=table, lines=sys.stdout if table else sys.stderr)
@@ -173,6 +196,7 @@ def _run_tool(ns: argparse.Namespace) -> int:
         bar.close()
         if mirror is not None:
             mirror.close()
+        _leave_ranks()
     if ns._save:
         _save(ns._save, envelope)
     if ns._output == "json":
@@ -180,6 +204,80 @@ def _run_tool(ns: argparse.Namespace) -> int:
     else:
         print(render(spec, envelope))
     return spec.exit_status(envelope.result) if spec.exit_status is not None else 0
+
+
+# ----- torchrun: `torchrun --nproc-per-node N -m toolserver.cli simulate ...` ----------------------------------
+DISTRIBUTED_TOOLS = frozenset({"run_simulation"})  # tools that shard their work over torch.distributed ranks
+
+
+def _world_size() -> int:
+    """WORLD_SIZE as torchrun sets it; 1 outside torchrun."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _refuse_ranks(command: str) -> None:
+    """Under torchrun (WORLD_SIZE > 1) only a distributed tool may run: any other would run N times over. Rank 0
+    says so in one line; the others exit 1 quietly."""
+    if _world_size() > 1:
+        if os.environ.get("RANK", "0") != "0":
+            raise SystemExit(1)
+        raise ToolError(
+            f"{command} does not run under torchrun (WORLD_SIZE={_world_size()}): only simulate shards its work "
+            "over ranks",
+            f"run it as one process: trainspect {command} ...",
+        )
+
+
+def _join_ranks(spec: ToolSpec[Any, Any], session_id: str | None) -> int:
+    """This process's rank (0 outside torchrun). Under torchrun every rank runs the tool on its share; they
+    join the process group (gloo on CPU, nccl on GPU) before the call and must agree on the session (each reads
+    it from its $TRAINSPECT_HOME: the same directory for all, or copies of it)."""
+    if _world_size() <= 1:
+        return 0
+    if spec.name not in DISTRIBUTED_TOOLS:
+        _refuse_ranks(spec.command)
+    from session.state import current_session
+    from tools.simulate import distributed
+
+    distributed.init_from_env()
+    rank = distributed.world()[0]
+    try:
+        mine = current_session(session_id).id
+    except ToolError as e:
+        mine = f"none ({e.message})"
+    seen = distributed.gather([mine])
+    if len(set(seen)) > 1:
+        _leave_ranks()
+        raise ToolError(
+            f"the torchrun ranks see different sessions: {', '.join(f'rank {i}: {s}' for i, s in enumerate(seen))}",
+            "give every rank the same TRAINSPECT_HOME (and --session)",
+        )
+    return rank
+
+
+def _run_rank(ns: argparse.Namespace, rank: int) -> int:
+    """A rank other than 0: the same call on its share, writing nothing (no stored result, call record, mirror
+    event, --save file, --out file or stdout); its errors name it."""
+    from toolserver.runner import invoke
+
+    spec: ToolSpec[Any, Any] = ns.spec
+    try:
+        envelope = invoke(spec, _tool_args(ns, spec), session_id=ns._session, writer=False)
+    except ToolError as e:
+        raise ToolError(f"rank {rank}: {e.message}", e.hint) from None
+    finally:
+        _leave_ranks()
+    return spec.exit_status(envelope.result) if spec.exit_status is not None else 0
+
+
+def _leave_ranks() -> None:
+    if _world_size() > 1:
+        from tools.simulate import distributed
+
+        distributed.leave()
 
 
 def _save(path: Path, envelope: Envelope[Any]) -> None:
@@ -194,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(all_tools())
     ns = parser.parse_args(argv)
     try:
+        if getattr(ns, "action", None):
+            _refuse_ranks(ns.action)
         if getattr(ns, "action", None) == "mcp":
             from toolserver.mcp_server import serve
 

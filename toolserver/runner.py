@@ -3,12 +3,17 @@
 It validates arguments, resolves the session, gives the call an id, times it, forwards progress
 and live events, mirrors `tool.*` events to the web mirror, stores the full result for
 `get_result`, and records the call in the session history.
+
+A call with `writer=False` (a torch.distributed rank other than 0, which runs the same tool on its share of the
+work) does all of that except the writing: no stored result, no history record, no mirror events, no crash log
+file (the traceback goes to stderr), so the ranks together leave exactly one call behind, rank 0's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import traceback
 import uuid
@@ -118,17 +123,18 @@ def invoke(
     on_progress: ProgressSink | None = None,
     on_emit: EmitSink | None = None,
     call_id: str | None = None,
+    writer: bool = True,
 ) -> Envelope[Any]:
     """Run one tool call end to end. Raises ToolError (one line + hint) on any failure.
 
     `models` is the calling front door's model cache (the MCP server's lives as long as the server); without
-    one the call gets a cache of its own, dropped when it returns.
+    one the call gets a cache of its own, dropped when it returns. `writer=False`: see the module doc.
     """
     inputs = validate_args(spec, args)
     if spec.session_arg:
         session_id = getattr(inputs, spec.session_arg)
     sess = _resolve_session(spec, session, session_id)
-    call = _Call(spec, session_id or (sess.id if sess else DEFAULT_SESSION), mirror, call_id)
+    call = _Call(spec, session_id or (sess.id if sess else DEFAULT_SESSION), mirror if writer else None, call_id)
     created_at = now_iso()
     call.send("tool.start", {"tool": spec.name, "card": spec.card, "args": inputs.model_dump(mode="json")})
     reporter = _Reporter(call, on_progress, on_emit)
@@ -150,15 +156,15 @@ def invoke(
             follow_ups=outcome.follow_ups,
         )
         full = envelope.model_dump(mode="json")
-        _store_result(call.call_id, full)
+        if writer:
+            _store_result(call.call_id, full)
     except ToolError as e:
-        _fail(call, spec, sess, created_at, started, e)
+        _fail(call, spec, sess if writer else None, created_at, started, e)
         raise
     except Exception as e:  # a bug, not bad input: one line for the user, the traceback in the log file
-        err = ToolError(
-            f"{spec.name} failed unexpectedly: {type(e).__name__}: {first_line(e)}", f"details in {_log_crash(call)}"
-        )
-        _fail(call, spec, sess, created_at, started, err)
+        where = f"details in {_log_crash(call)}" if writer else _crash_to_stderr()
+        err = ToolError(f"{spec.name} failed unexpectedly: {type(e).__name__}: {first_line(e)}", where)
+        _fail(call, spec, sess if writer else None, created_at, started, err)
         raise err from None
     call.send(
         "tool.result",
@@ -172,7 +178,7 @@ def invoke(
         },
     )
     _record(
-        sess or _created_session(spec, session_id),
+        (sess or _created_session(spec, session_id)) if writer else None,
         spec,
         call.call_id,
         created_at,
@@ -260,3 +266,9 @@ def _log_crash(call: _Call) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(traceback.format_exc())
     return path
+
+
+def _crash_to_stderr() -> str:
+    """A non-writing call's crash: the traceback on stderr instead of a log file."""
+    traceback.print_exc(file=sys.stderr)
+    return "the traceback is on stderr"

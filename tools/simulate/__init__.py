@@ -15,8 +15,15 @@ SPEC = ToolSpec(
         "< 1e-6), a spike warning (mean max grad norm > 5 × grad_clip), and with an SAE the predicted features: "
         "score = −⟨∇L_resid, W_dec[f]⟩ × base activation, positive = strengthen, negative = suppress. Pass 2c "
         "(preference rows): margins log P(chosen) − log P(rejected), the share aligned backwards, the DPO loss and "
-        "its feature decomposition. Cost: about one epoch of forward+backward on the data (no optimiser state); "
-        "long runs: start_tool and poll."
+        "its feature decomposition. Pass 2b: each training row's influence on the test loss (--test, or a held-out "
+        "split), IF = −∇L_testᵀ(H + sλI)⁻¹∇L(z), positive = harmful, by LiSSA with its scale from the measured "
+        "spectrum (fails loudly unconverged); the most harmful rows with their text. Pass 3: the NTK-linearised "
+        "weight delta per tensor (quadratic rule by default, the seed's beside it), clipped, the effective-LR map, "
+        "saved as a synthetic checkpoint (needs out) that every other tool reads, with sae diff run on it. "
+        "Sharpness (with 2b or 3): λ_max by Lanczos against 2/η. Cost: about one epoch of forward+backward on the "
+        "data (no optimiser state); 2b and 3 add Hessian-vector products (each ~4 backward passes) on hessian_rows "
+        "rows, up to sharpness_budget per eigenvalue and lissa_depth for LiSSA, and 2b one vmap per batch; long "
+        "runs: start_tool and poll."
     ),
     input_model=SimulateInput,
     output_model=SimulationResult,

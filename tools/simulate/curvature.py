@@ -105,7 +105,7 @@ def top_eigenvalue(
     device: torch.device | str = "cpu",
 ) -> Eigen:
     """λ_max of H (largest algebraic), by Lanczos; converged means ‖H·u − λu‖ ≤ tol·|λ| (ARPACK's criterion)."""
-    return _extreme(hvp_fn, shapes, "LA", tol=tol, max_iter=max_iter, seed=seed, device=device)
+    return _extreme(hvp_fn, shapes, "LA", tol=tol, max_iter=max_iter, seed=seed, device=device)[0]
 
 
 def bottom_eigenvalue(
@@ -118,7 +118,22 @@ def bottom_eigenvalue(
     device: torch.device | str = "cpu",
 ) -> Eigen:
     """λ_min of H (smallest algebraic, negative where the loss curves down): LiSSA's damping must cover it."""
-    return _extreme(hvp_fn, shapes, "SA", tol=tol, max_iter=max_iter, seed=seed, device=device)
+    return _extreme(hvp_fn, shapes, "SA", tol=tol, max_iter=max_iter, seed=seed, device=device)[0]
+
+
+def extreme_eigenvalues(
+    hvp_fn: HvpFn,
+    shapes: Sequence[torch.Size],
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[Eigen, Eigen]:
+    """(λ_max, λ_min) from one Lanczos run (ARPACK's "BE": one Ritz value from each end of the same Krylov
+    space), about half the HVPs of two separate runs. `iterations` of each is the run's total."""
+    low, high = _extreme(hvp_fn, shapes, "BE", tol=tol, max_iter=max_iter, seed=seed, device=device)
+    return high, low
 
 
 class _Budget(Exception):
@@ -134,15 +149,17 @@ def _extreme(
     max_iter: int,
     seed: int,
     device: torch.device | str,
-) -> Eigen:
+) -> list[Eigen]:
     """Lanczos rather than power iteration: it reaches both ends of the spectrum (power iteration finds the
     largest |λ|, and the shifted run for λ_min converges at a rate set by λ_min/λ_max, hopeless when the bulk sits
     near 0), in fewer HVPs, holding ncv ≤ 20 host vectors. Each HVP is a float32 matvec on `device` (the subset's);
-    Lanczos runs in float64 on the host. The budget counts HVPs; when it runs out, the best Rayleigh quotient seen
-    is returned, unconverged (a lower bound on λ_max, an upper bound on λ_min)."""
+    Lanczos runs in float64 on the host. The budget counts HVPs; when it runs out, the best Rayleigh quotients
+    seen are returned, unconverged (a lower bound on λ_max, an upper bound on λ_min). Returns the Eigens in
+    ascending order of value (one, or for "BE" bottom then top)."""
     sizes = [math.prod(s) for s in shapes]
     n = sum(sizes)
-    calls, best = [0], [(-math.inf if which == "LA" else math.inf), 0.0]
+    calls = [0]
+    best = {"LA": [-math.inf, 0.0], "SA": [math.inf, 0.0]}  # best Rayleigh quotient at each end, its residual
 
     def to_list(x: np.ndarray) -> list[Tensor]:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(device=device, dtype=torch.float32)
@@ -155,32 +172,46 @@ def _extreme(
         x = np.ravel(x)
         y = _flat(hvp_fn(to_list(x))).double().cpu().numpy()
         rq = float(x @ y / (x @ x))
-        if (rq > best[0]) if which == "LA" else (rq < best[0]):
-            best[:] = [rq, float(np.linalg.norm(y - rq * x) / (abs(rq) * np.linalg.norm(x) or 1.0))]
+        res = float(np.linalg.norm(y - rq * x) / (abs(rq) * np.linalg.norm(x) or 1.0))
+        if rq > best["LA"][0]:
+            best["LA"] = [rq, res]
+        if rq < best["SA"][0]:
+            best["SA"] = [rq, res]
         return y
 
+    ends = ["SA", "LA"] if which == "BE" else [which]
     op = LinearOperator((n, n), matvec=apply, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(n)
     try:
-        vals, vecs = eigsh(op, k=1, which=which, v0=v0, ncv=min(n, 20), tol=tol, maxiter=max(max_iter, 1))
+        vals, vecs = eigsh(op, k=len(ends), which=which, v0=v0, ncv=min(n, 20), tol=tol, maxiter=max(max_iter, 1))
     except (_Budget, ArpackNoConvergence):
-        return Eigen(
-            value=best[0], which=_WHICH[which], iterations=calls[0], budget=max_iter, converged=False, residual=best[1]
+        return [
+            Eigen(
+                value=best[e][0],
+                which=_WHICH[e],
+                iterations=calls[0],
+                budget=max_iter,
+                converged=False,
+                residual=best[e][1],
+            )
+            for e in ends
+        ]
+    order = np.argsort(vals)
+    out = []
+    for e, i in zip(ends, order, strict=True):
+        u = to_list(vecs[:, i] / np.linalg.norm(vecs[:, i]))
+        hu = hvp_fn(u)
+        calls[0] += 1
+        value = float(vals[i])
+        residual = float(_norm([h - value * ui for h, ui in zip(hu, u, strict=True)])) / (abs(value) or 1.0)
+        out.append(
+            Eigen(
+                value=value, which=_WHICH[e], iterations=0, budget=max_iter, converged=True, residual=residual, vector=u
+            )
         )
-    u = to_list(vecs[:, 0] / np.linalg.norm(vecs[:, 0]))
-    hu = hvp_fn(u)
-    calls[0] += 1
-    value = float(vals[0])
-    residual = float(_norm([h - value * ui for h, ui in zip(hu, u, strict=True)])) / (abs(value) or 1.0)
-    return Eigen(
-        value=value,
-        which=_WHICH[which],
-        iterations=calls[0],
-        budget=max_iter,
-        converged=True,
-        residual=residual,
-        vector=u,
-    )
+    for eig in out:
+        eig.iterations = calls[0]
+    return out
 
 
 class LissaResult(BaseModel):
@@ -305,7 +336,7 @@ def per_sample_grads(model: nn.Module, names: Sequence[str], batch: TrainBatch) 
         ce = nn.functional.cross_entropy(logits, target.clamp(min=0), reduction="none")
         return (ce * keep).sum() / keep.sum().clamp(min=1)
 
-    with _eval(model), torch.no_grad():  # func.grad ignores the outer no_grad; it stops a graph to the other weights
+    with _eval(model), _no_pad_warning(model), torch.no_grad():  # no_grad: no graph into the other weights
         grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, batch.input_ids, batch.labels)
     return torch.cat([grads[n].reshape(batch.input_ids.shape[0], -1) for n in names], dim=1)
 
@@ -324,6 +355,21 @@ def _flat(ts: Sequence[Tensor]) -> Tensor:
 
 def _norm(ts: Sequence[Tensor]) -> Tensor:
     return torch.sqrt(sum((t.double() ** 2).sum() for t in ts))
+
+
+@contextmanager
+def _no_pad_warning(model: nn.Module) -> Iterator[None]:
+    """transformers checks for padding in an unmasked input with a data-dependent `in`, which vmap cannot trace;
+    the check only warns, and a right-padded sample's padding is never seen by its real positions."""
+    config = getattr(model, "config", None)
+    pad = getattr(config, "pad_token_id", None)
+    if pad is not None:
+        config.pad_token_id = None  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if pad is not None:
+            config.pad_token_id = pad  # type: ignore[union-attr]
 
 
 @contextmanager

@@ -11,6 +11,14 @@ tokens, exactly what a training step would differentiate) and reads, per batch:
 - the parameter gradients, added into one float32 sum per tensor (their mean is what part 2 needs); each batch's
   `.grad` is then freed, so memory is one batch's activations, its gradients and that sum.
 When both passes run they share the forward. Dropout is off (eval mode): the landscape is measured, not sampled.
+
+Under torchrun (tools.simulate.distributed) every rank builds and reads every batch as one process does, so
+batch numbers, skipped and truncated batches are the one-process ones on every rank, and runs the forward and
+backward of its share only: the k-th batch with a target token (0-based, dataset order) is rank k mod world's,
+as the curvature batches are (hessian.curvature). The sums (parameter gradients; each hook's activations,
+tokens and residual gradient; the loss and token totals) are then all-reduced and the per-batch readings
+gathered back into batch order, so every rank returns the one-process Sweep, up to the order the float sums
+are taken in (~1e-7 relative).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch
 from torch import nn
 
 from session.activations import resid_hook
+from tools.simulate import distributed
 from tools.simulate.batches import TrainBatch
 from tools.watch.emitters import GradNormMeter
 
@@ -77,9 +86,11 @@ def sweep(
     acts: bool,
     grads: bool,
     device: str,
-    on_batch: Callable[[BatchGrads | None, TrainBatch], None] | None = None,
+    on_batch: Callable[[int, BatchGrads | None], None] | None = None,
 ) -> Sweep:
-    """Run every batch (see the module doc). `acts`: pass 1; `grads`: pass 2."""
+    """Run every batch (see the module doc). `acts`: pass 1; `grads`: pass 2. `on_batch(position, reading)` is
+    called after each batch of the dataset, in order, skipped and other ranks' batches too (`position` counts
+    them all, 1-based, so progress is monotone), with this rank's pass-2 reading of it or None."""
     out = Sweep(hooks={hook: HookSums(sae) for hook, sae in saes.items()})
     captured: dict[str, torch.Tensor] = {}
     handles = [resid_hook(model, n_layers, hook, captured, detach=False) for hook in saes]
@@ -88,40 +99,85 @@ def sweep(
     was_training = model.training
     model.eval()
     try:
-        for batch in batches:
-            batch = batch.to(device)
+        for position, batch in enumerate(batches, 1):
             out.truncated += batch.truncated
+            reading = None
             if batch.target_tokens == 0:
                 out.skipped.append(batch.rows)
-                continue
-            out.batches += 1
-            with torch.set_grad_enabled(grads):
-                loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
-            keep = _sae_tokens(batch.attention_mask)
-            out.tokens += int(batch.attention_mask.sum())
-            if acts:
-                _add_acts(out.hooks, captured, keep)
-            reading = None
-            if grads:
-                for hook in saes:
-                    captured[hook].register_hook(_resid_grad(out.hooks[hook], batch.attention_mask))
-                loss.backward()
-                reading = _read_grads(meter, loss, batch, len(out.grads) + 1)  # type: ignore[arg-type]
-                _accumulate(model, names, out.grad_sums)
-                out.grads.append(reading)
-                out.loss_sum += reading.loss
             else:
-                out.loss_sum += float(loss)
-            captured.clear()
+                out.batches += 1  # the batch's one-process number, 1-based
+                if distributed.mine(out.batches - 1):
+                    reading = _run(model, batch.to(device), out, captured, meter, names, acts=acts, grads=grads)
             if on_batch is not None:
-                on_batch(reading, batch)
+                on_batch(position, reading)
     finally:
         for h in handles:
             h.remove()
         for p in model.parameters():
             p.grad = None
         model.train(was_training)
+    if distributed.world()[1] > 1:
+        _combine(out, model)
     return out
+
+
+def _run(
+    model: nn.Module,
+    batch: TrainBatch,
+    out: Sweep,
+    captured: dict[str, torch.Tensor],
+    meter: GradNormMeter | None,
+    names: dict[int, str],
+    *,
+    acts: bool,
+    grads: bool,
+) -> BatchGrads | None:
+    """One batch's forward (and backward), added into `out`; numbered out.batches."""
+    with torch.set_grad_enabled(grads):
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+    keep = _sae_tokens(batch.attention_mask)
+    out.tokens += int(batch.attention_mask.sum())
+    if acts:
+        _add_acts(out.hooks, captured, keep)
+    reading = None
+    if grads:
+        for hook, sums in out.hooks.items():
+            captured[hook].register_hook(_resid_grad(sums, batch.attention_mask))
+        loss.backward()
+        reading = _read_grads(meter, loss, batch, out.batches)  # type: ignore[arg-type]
+        _accumulate(model, names, out.grad_sums)
+        out.grads.append(reading)
+        out.loss_sum += reading.loss
+    else:
+        out.loss_sum += float(loss)
+    captured.clear()
+    return reading
+
+
+def _combine(out: Sweep, model: nn.Module) -> None:
+    """Every rank's sums added and readings gathered into `out`, which becomes the one-process Sweep on every
+    rank. The batch count and the skipped and truncated batches are already equal everywhere (each rank reads
+    every batch), so they are not reduced."""
+    named = {f"grad.{k}": v for k, v in out.grad_sums.items()}
+    for hook, sums in out.hooks.items():
+        if sums.acts is not None:
+            named[f"acts.{hook}"] = sums.acts
+        if sums.resid_grad is not None:
+            named[f"resid.{hook}"] = sums.resid_grad
+    summed = distributed.all_sum_named(named)
+    order = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    grads = sorted((k.removeprefix("grad.") for k in summed if k.startswith("grad.")), key=order.__getitem__)
+    out.grad_sums = {n: summed[f"grad.{n}"] for n in grads}  # model order, as one process adds them
+    hooks = list(out.hooks.items())
+    totals = distributed.all_sums([out.loss_sum, out.tokens, *(s.tokens for _, s in hooks)])
+    out.loss_sum, out.tokens = totals[0], round(totals[1])
+    for (hook, sums), tokens in zip(hooks, totals[2:], strict=True):
+        sums.tokens = round(tokens)
+        sums.acts = summed.get(f"acts.{hook}")
+        sums.resid_grad = summed.get(f"resid.{hook}")
+    out.grads = sorted(distributed.gather(out.grads), key=lambda b: b.index)
+    if out.grads:
+        out.loss_sum = sum(b.loss for b in out.grads)  # in batch order: one process's float sum exactly
 
 
 def _sae_tokens(mask: torch.Tensor) -> torch.Tensor:

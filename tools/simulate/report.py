@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from tools.simulate import report_second as second
 from tools.simulate.dataset import Row
 from tools.simulate.landscape import Sweep
 from tools.simulate.models import (
@@ -198,6 +199,7 @@ def findings(result: SimulationResult) -> list[Finding]:
                     "to its largest score)"
                 )
             )
+    out += second.findings(result)
     out += [Finding(text=f"pass {s}") for s in result.skipped]
     if result.invariant is not None:
         out.append(
@@ -236,7 +238,7 @@ def follow_ups(result: SimulationResult, args: SimulateInput) -> list[FollowUp]:
                 why="dead modules: check whether longer sequences (or other data) reach them before training",
             )
         )
-    return out
+    return out + second.follow_ups(result, args)
 
 
 def slim(result: SimulationResult) -> SimulationCard:
@@ -248,6 +250,9 @@ def slim(result: SimulationResult) -> SimulationCard:
         signals=result.signals[:100],
         sae=result.sae,
         preference=result.preference,
+        sharpness=result.sharpness,
+        influence=second.slim_influence(result.influence),
+        delta=result.delta,
         invariant=result.invariant,
     )
 
@@ -280,6 +285,7 @@ def table(result: SimulationResult) -> str:
             f"preference {pref.pairs} pairs, mean margin {pref.mean_margin:+.4g}, {pref.negative_share:.0%} negative, "
             f"DPO loss {pref.dpo_loss_mean:.4g} (β {pref.beta:g})"
         )
+    lines += second.table_lines(result)
     if result.invariant is not None:
         lines.append(f"invariant  parameters unchanged ({result.invariant.checksum_after})")
     lines += [f"artifact   {a}" for a in result.artifacts]

@@ -14,16 +14,17 @@ from session.context import ToolContext
 from session.models import LoadedModel, load_base
 from session.sae import SaeInfo, processing_for, session_saes
 from tools.sae.labels import labels_for
-from tools.simulate import artifacts
+from tools.simulate import artifacts, distributed
 from tools.simulate.batches import batches
 from tools.simulate.dataset import Dataset, read_dataset
 from tools.simulate.decompose import feature_shifts, predict, scores
 from tools.simulate.invariant import check, checksum
 from tools.simulate.landscape import BatchGrads, Sweep, sweep
-from tools.simulate.models import SIM_EVENTS, PassTiming, SimConfig, SimulateInput, SimulationResult
+from tools.simulate.models import PASSES, SIM_EVENTS, PassTiming, SimConfig, SimulateInput, SimulationResult
 from tools.simulate.preference import preference_sweep
 from tools.simulate.quality import quality_report
 from tools.simulate.report import findings, follow_ups, landscape, preference_report, simulation_signals
+from tools.simulate.second_order import checkpoint_pass, second_order
 from tools.watch.engine import EngineConfig, SignalEngine
 from tools.watch.snapshot import StepSnapshot
 from toolserver.contract import Outcome, Reporter, ToolError
@@ -51,14 +52,26 @@ class Timeline:
 
 
 def _passes(args: SimulateInput, dataset: Dataset) -> tuple[list[str], list[str]]:
-    asked = args.passes
+    asked = list(args.passes) if args.passes is not None else None
     if asked is None:
         asked = ["0", "1", "2"] + (["2c"] if dataset.format == "preference" else [])
     skipped = []
-    chosen = [p for p in ("0", "1", "2", "2c") if p in asked]
+    if "3" in asked and "2" not in asked:
+        asked.append("2")
+        skipped.append("2 added: pass 3 moves each tensor along pass 2's mean gradient")
+    chosen = [p for p in PASSES if p in asked]
     if "2c" in chosen and dataset.format != "preference":
         chosen.remove("2c")
         skipped.append("2c: the dataset holds SFT rows, not {prompt, chosen, rejected} pairs")
+    if "3" in chosen and args.out is None:
+        raise ToolError(
+            "pass 3 writes a synthetic checkpoint, so it needs --out DIR", "add --out DIR, or leave pass 3 out"
+        )
+    if "2b" in chosen and args.test is None and len(dataset.rows) < 2:
+        raise ToolError(
+            f"pass 2b needs test rows: {dataset.path} has one row to hold out and none to train on",
+            "give --test FILE",
+        )
     return chosen, skipped
 
 
@@ -117,7 +130,7 @@ def run(ctx: ToolContext, args: SimulateInput, reporter: Reporter) -> Outcome[Si
         timeline=[],
     )
     model: LoadedModel | None = None
-    if any(p in passes for p in ("1", "2", "2c")):
+    if any(p in passes for p in ("1", "2", "2b", "2c", "3")):
         reporter.progress(0.02, "loading the base model")
         model = load_base(session, ctx.models, backend="transformers")
         result.runtime = model.info()
@@ -129,8 +142,10 @@ def run(ctx: ToolContext, args: SimulateInput, reporter: Reporter) -> Outcome[Si
     tensors: dict[str, torch.Tensor] = {}
     if model is not None:
         tensors = _model_passes(model, dataset, args, passes, saes, result, timeline, reporter, max_len)
+    if "3" in passes and model is not None:
+        timeline.run("checkpoint", checkpoint_pass, ctx, model, dataset, args, result, tensors, reporter, max_len)
     result.timeline = timeline.passes
-    if args.out:
+    if args.out and distributed.is_writer():
         result.artifacts = artifacts.save(Path(args.out), result, tensors)
     reporter.progress(1.0, f"simulated {', '.join(passes)} on {len(dataset.rows)} rows")
     return Outcome(result, findings(result), follow_ups(result, args))
@@ -184,6 +199,8 @@ def _model_passes(
                 p.requires_grad_(True)  # the residual's gradient needs the graph; no parameter gradient is formed
             hooks = list(base_acts)
             n = math.ceil(len(rows) / args.batch_size)
+            end = _first_order_end(passes, args)
+            lo = 0.08 + (end - 0.08) * 0.65
             ps = timeline.run(
                 "2c",
                 preference_sweep,
@@ -196,7 +213,7 @@ def _model_passes(
                 beta=args.beta,
                 hooks=hooks,
                 device=device,
-                on_batch=lambda i: reporter.progress(0.7 + 0.28 * i / n, f"pass 2c: batch {i}/{n}"),
+                on_batch=lambda i: reporter.progress(lo + (end - lo) * i / n, f"pass 2c: batch {i}/{n}"),
             )
             prediction, shifts = None, []
             if hooks:
@@ -209,6 +226,10 @@ def _model_passes(
                         scores(g, w_dec, base_acts[hook])[0], sft_scores[hook], labels[hook], args.top
                     )
             result.preference = preference_report(ps, rows, args.beta, prediction, shifts)
+        if "2b" in passes or "3" in passes or args.sharpness:
+            for p in hf.parameters():
+                p.requires_grad_(False)  # the curvature is taken over float32 copies; no graph into the model
+            tensors.update(second_order(model, dataset, args, passes, result, timeline, reporter, max_len, tensors))
     finally:
         for p, r in zip(hf.parameters(), requires, strict=True):
             p.requires_grad_(r)
@@ -228,39 +249,53 @@ def _landscape_pass(
     max_len: int,
     result: SimulationResult,
 ) -> Sweep:
-    """Passes 1 and/or 2 in one sweep; pass 2's batches become step events through watch's signal engine."""
+    """Passes 1 and/or 2 in one sweep; pass 2's batches become step events through watch's signal engine. One
+    process emits each batch's step as it finishes; under torchrun a rank holds only its own batches' readings
+    until the sweep gathers them, so the steps (and the engine's signals) are emitted after the sweep, in batch
+    order, inside the pass's timing (the front door shows rank 0's), and progress follows this rank's position in
+    the dataset."""
+    from tools.simulate import distributed
+
     rows = dataset.rows
     pairs = [(r.prompt, r.chosen if dataset.format == "preference" else r.response) for r in rows]
-    engine, live, seen = SignalEngine(EngineConfig()), [], [0]
+    engine, live = SignalEngine(EngineConfig()), []
     n = math.ceil(len(rows) / args.batch_size)
-    span = 0.6 if "2c" in passes else 0.88
+    span = (_first_order_end(passes, args) - 0.08) * (0.65 if "2c" in passes else 1.0)
+    deferred = distributed.world()[1] > 1
 
-    def on_batch(reading: BatchGrads | None, batch: Any) -> None:
-        if reading is not None:
-            snap = StepSnapshot(
-                step=reading.index, loss=reading.loss, max_grad=reading.max_grad, grad_norms=reading.modules
-            )
-            fired = engine.observe(snap)
-            reporter.emit(SIM_EVENTS.type("step"), {"run": result.name, "snapshot": snap.wire()})
-            for s in fired:
-                reporter.emit(SIM_EVENTS.type("signal"), {"run": result.name, "signal": s.model_dump(mode="json")})
-            live.extend(fired)
-        seen[0] += 1
-        reporter.progress(0.08 + span * seen[0] / n, f"pass {label}: batch {seen[0]}/{n}")
+    def observe(reading: BatchGrads) -> None:
+        snap = StepSnapshot(
+            step=reading.index, loss=reading.loss, max_grad=reading.max_grad, grad_norms=reading.modules
+        )
+        fired = engine.observe(snap)
+        reporter.emit(SIM_EVENTS.type("step"), {"run": result.name, "snapshot": snap.wire()})
+        for s in fired:
+            reporter.emit(SIM_EVENTS.type("signal"), {"run": result.name, "signal": s.model_dump(mode="json")})
+        live.extend(fired)
+
+    def on_batch(position: int, reading: BatchGrads | None) -> None:
+        if reading is not None and not deferred:
+            observe(reading)
+        reporter.progress(0.08 + span * position / n, f"pass {label}: batch {position}/{n}")
+
+    def run_sweep() -> Sweep:
+        sw = sweep(
+            model.model,
+            model.n_layers,
+            batches(model.tokenizer, pairs, [r.index for r in rows], args.batch_size, max_len),
+            sae_map,
+            acts="1" in passes,
+            grads="2" in passes,
+            device=model.device,
+            on_batch=on_batch,
+        )
+        if deferred:
+            for reading in sw.grads:
+                observe(reading)
+        return sw
 
     label = "+".join(p for p in ("1", "2") if p in passes)
-    sw = timeline.run(
-        label,
-        sweep,
-        model.model,
-        model.n_layers,
-        batches(model.tokenizer, pairs, [r.index for r in rows], args.batch_size, max_len),
-        sae_map,
-        acts="1" in passes,
-        grads="2" in passes,
-        device=model.device,
-        on_batch=on_batch,
-    )
+    sw = timeline.run(label, run_sweep)
     if "2" in passes:
         if not sw.grads:
             raise ToolError(
@@ -272,6 +307,11 @@ def _landscape_pass(
         for s in result.signals[len(live) :]:
             reporter.emit(SIM_EVENTS.type("signal"), {"run": result.name, "signal": s.model_dump(mode="json")})
     return sw
+
+
+def _first_order_end(passes: list[str], args: SimulateInput) -> float:
+    """Progress where passes 1, 2 and 2c end: the second-order passes take the rest."""
+    return 0.55 if "2b" in passes or "3" in passes or args.sharpness else 0.98
 
 
 def _tokenizer(source: str) -> Any:

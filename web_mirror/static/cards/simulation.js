@@ -1,7 +1,9 @@
 // The simulation card, from its slim model (tools/simulate/models.py: SimulationCard): the pass timeline, the
 // module × batch gradient-norm heatmap with dead modules marked, loss and max-grad per batch with the signals,
 // the predicted features (strengthen / suppress bars), the quality flags with their rows, the preference margins
-// histogram, and the no-optimiser-step check. While it runs, the simulate.* step events draw the two lines.
+// histogram, sharpness against 2/η, the most harmful / helpful rows (pass 2b) with LiSSA's residual curve, the
+// effective-LR map (pass 3) and its synthetic checkpoint, and the no-optimiser-step check. While it runs, the
+// simulate.* step events draw the two lines.
 import { el, fmt, isObject, mergeSignals, toNumber } from "../dom.js";
 import { heatmap } from "../heatmap.js";
 import { sparkline } from "../sparkline.js";
@@ -122,6 +124,68 @@ function preference(p) {
     isObject(p.prediction) ? prediction(p.prediction, "the DPO loss's features") : null);
 }
 
+function sharpness(x) {
+  const limit = toNumber(x.stability_limit);
+  const lam = toNumber(x.lambda_max);
+  const top = Math.max(lam, limit) || 1;
+  const bar = (cls, v, title) => { const b = el("span", { class: `sim-bar ${cls}`, title }); b.style.width = `${(Math.max(0, v) / top) * 100}%`; return el("span", { class: "sim-track" }, b); };
+  return el("div", { class: "sim-sharp" },
+    el("h4", {}, `sharpness over ${fmt(x.params)} parameters on ${fmt(x.hessian_rows)} rows`,
+      x.unstable ? el("span", { class: "pill sev-warn" }, "unstable at this lr") : null,
+      x.ntk_unreliable ? el("span", { class: "pill sev-warn" }, "λ_max > 10: NTK least reliable") : null,
+      x.converged ? null : el("span", { class: "pill sev-warn" }, "Lanczos unconverged")),
+    el("div", { class: "sim-sharp-rows" },
+      el("span", {}, "λ_max"), bar(x.unstable ? "down" : "up", lam, `λ_max ${fmt(lam)}`), el("span", { class: "num" }, fmt(lam)),
+      el("span", {}, "2/η"), bar("limit", limit, `2/η = ${fmt(limit)}`), el("span", { class: "num" }, fmt(limit))),
+    el("p", { class: "muted" }, `λ_min ${fmt(x.lambda_min)} · ${fmt(x.iterations)} HVPs (budget ${fmt(x.budget)}, tol ${fmt(x.tol)}) · lr ${fmt(x.lr)}`));
+}
+
+function influenceRows(title, rows, cls) {
+  if (!rows.length) return null;
+  const top = Math.max(...rows.map((r) => Math.abs(toNumber(r.score)))) || 1;
+  return el("div", { class: "sim-inf-list" }, el("h5", {}, title), el("ol", {}, rows.slice(0, 10).map((r) => {
+    const bar = el("span", { class: `sim-bar ${cls}` });
+    bar.style.width = `${(Math.abs(toNumber(r.score)) / top) * 100}%`;
+    return el("li", {}, el("span", { class: "num" }, `row ${fmt(r.row)}`), el("span", { class: "sim-label", title: String(r.text ?? "") }, String(r.text ?? "")), el("span", { class: "sim-track" }, bar), el("span", { class: "num" }, fmt(r.score)));
+  })));
+}
+
+function influence(x) {
+  const l = isObject(x.lissa) ? x.lissa : {};
+  const res = Array.isArray(l.residuals) ? l.residuals : [];
+  return el("div", { class: "sim-inf" },
+    el("h4", {}, `influence on the test loss: ${fmt(x.harmful)} of ${fmt(x.train_rows)} rows harmful`, el("span", { class: "muted" }, ` test: ${String(x.test ?? "")}`)),
+    el("div", { class: "sim-pred-cols" }, influenceRows("most harmful (IF > 0)", list(x.most_harmful), "down"), influenceRows("most helpful (IF < 0)", list(x.most_helpful), "up")),
+    res.length ? el("div", { class: "spark-row" }, el("div", { class: "spark-label" }, el("span", {}, "LiSSA relative residual"), el("strong", { class: "num" }, fmt(l.residual))),
+      sparkline(res.map((_, i) => i + 1), res, [], { label: "LiSSA residual", logScale: true })) : null,
+    el("p", { class: "muted" }, `${fmt(l.iterations)} HVPs of ${fmt(l.budget)} · s ${fmt(l.scale)}, λ ${fmt(l.damping)}: (H + ${fmt(l.effective_damping)}·I)⁻¹ · error bound ${fmt(l.error_bound)}`),
+    el("p", { class: "muted sim-conv" }, String(x.convention ?? "")));
+}
+
+function delta(d) {
+  const rows = list(d.tensors);
+  const names = stripPrefix(rows.map((t) => String(t.name)));
+  const lr = toNumber(d.lr) || 1;
+  const top = Math.max(...rows.map((t) => Math.abs(toNumber(t.eta_eff)) / lr), 1);
+  const c = isObject(d.checkpoint) ? d.checkpoint : null;
+  return el("div", { class: "sim-delta" },
+    el("h4", {}, `effective learning rate per tensor (${String(d.rule ?? "")} rule, ${fmt(d.steps)} steps at lr ${fmt(d.lr)})`,
+      Array.isArray(d.clipped) && d.clipped.length ? el("span", { class: "pill sev-warn" }, `${fmt(d.clipped.length)} clipped`) : null),
+    el("table", { class: "rows sim-eff" },
+      el("thead", {}, el("tr", {}, ["tensor", "η_eff / η", "", "K", "‖Δ‖/‖W‖"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows.slice(0, 60).map((t, i) => {
+        const ratio = toNumber(t.eta_eff) / lr;
+        const bar = el("span", { class: `sim-bar ${t.clipped ? "down" : "up"}` });
+        bar.style.width = `${(Math.min(Math.abs(ratio), top) / top) * 100}%`;
+        return el("tr", { class: t.clipped ? "clipped" : null }, el("td", {}, el("code", {}, names[i]), t.clipped ? el("span", { class: "pill sev-warn" }, "clipped") : null),
+          el("td", { class: "num" }, fmt(ratio)), el("td", {}, el("span", { class: "sim-track" }, bar)), el("td", { class: "num" }, fmt(t.curvature)), el("td", { class: "num" }, fmt(t.relative)));
+      }))),
+    rows.length > 60 ? el("p", { class: "muted more" }, `… ${rows.length - 60} more tensors in the result`) : null,
+    c ? el("p", { class: "sim-ckpt" }, "synthetic checkpoint ", el("code", {}, String(c.path ?? "")), ` (${String(c.format ?? "")}): ${fmt(c.matched)} tensors reloaded equal`,
+      list(c.sae_diff).map((x) => el("span", { class: "pill" }, `sae diff ${String(x.hook)}: ${fmt(x.changed)} of ${fmt(x.features)} changed, mean |Δ| ${fmt(x.mean_abs_delta)}`))) : null,
+    el("p", { class: "muted sim-conv" }, String(d.convention ?? "")));
+}
+
 export function render(card) {
   const s = isObject(card.slim) ? card.slim : {};
   const land = isObject(s.landscape) ? s.landscape : null;
@@ -134,6 +198,9 @@ export function render(card) {
     list(s.sae).map((p) => prediction(p)),
     isObject(s.quality) ? quality(s.quality) : null,
     isObject(s.preference) ? preference(s.preference) : null,
+    isObject(s.sharpness) ? sharpness(s.sharpness) : null,
+    isObject(s.influence) ? influence(s.influence) : null,
+    isObject(s.delta) ? delta(s.delta) : null,
     signals.length ? el("ol", { class: "signals" }, signals.slice(0, 30).map((x) => el("li", { class: `sev-${x.severity}` },
       el("span", { class: "sev" }, String(x.severity)), el("span", { class: "sig-step num" }, `batch ${fmt(x.step)}`),
       el("code", { class: "sig-type" }, String(x.type)), el("span", { class: "sig-msg" }, String(x.message ?? ""))))) : null,
