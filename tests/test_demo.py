@@ -46,6 +46,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             "trainspect regressions",
             "trainspect simulate",
             "no optimiser step",
+            "trainspect simulate compare",
+            "assistant-speak rows 1 → 0",
             "trainspect analysis",
             "gradient waterfall",
         ):
@@ -66,7 +68,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             ("modelDiff", 2),
             ("regressions", 1),
             ("session", 2),
-            ("simulation", 1),
+            ("simulation", 2),
+            ("simulationCompare", 1),
             ("analysisView", 1),
         ):
             assert kinds.count(kind) == n, (kind, kinds)

@@ -33,6 +33,7 @@ EXPECTED = {
     "run_model_diff",
     "get_regressions",
     "run_simulation",
+    "compare_simulations",
     "start_tool",
     "get_result",
 }

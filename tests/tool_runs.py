@@ -93,8 +93,9 @@ def analysis_run(work: Path) -> Path:
     return out / "analysis"
 
 
-def simulation_pairs(work: Path) -> Path:
-    """Preference pairs for a simulation, one with assistant-speak and one carrying markup (shown as text)."""
+def simulation_pairs(work: Path, drop: tuple[int, ...] = ()) -> Path:
+    """Preference pairs for a simulation, one with assistant-speak and one carrying markup (shown as text); `drop`
+    leaves rows out (a cleaned copy, for compare_simulations)."""
     sentences = [t.strip() + "." for line in CORPUS.splitlines() for t in line.split(".") if t.strip()][:8]
     rows = [
         {"prompt": " ".join(t.split()[:4]), "chosen": " " + " ".join(t.split()[4:]), "rejected": " the loss."}
@@ -102,8 +103,8 @@ def simulation_pairs(work: Path) -> Path:
     ]
     rows[2]["chosen"] = " Certainly! As an AI language model, I'd be happy to help."
     rows[5]["prompt"] = HOSTILE
-    path = work / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = work / f"pairs{''.join(f'-{i}' for i in drop)}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(rows) if i not in drop))
     return path
 
 
@@ -115,10 +116,33 @@ def run_every_tool(
     sae = build_sae(work / "sae", hook="blocks.1.hook_resid_post")
     corpus = work / "corpus.txt"
     corpus.write_text(CORPUS)
+    # B: A without its assistant-speak row, both with influence; A (run second: its card is the screenshot) with pass
+    # 3's checkpoint
+    second = {"hessian_rows": 8, "sharpness_budget": 30, "sharpness_tol": 1e-2}
+    sim, sim_a, sim_b = {"batch_size": 4, **second}, work / "sim-a", work / "sim-b"
     calls: list[tuple[str, dict[str, Any]]] = [
         ("start_session", {"id": session, "model": str(models["base"])}),
         ("load_sae", {"sae": [str(sae)]}),
-        ("run_simulation", {"dataset": str(simulation_pairs(work)), "batch_size": 4, "name": "pairs <sim>"}),
+        (
+            "run_simulation",
+            {
+                "dataset": str(simulation_pairs(work, drop=(2,))),
+                **sim,
+                "out": str(sim_b),
+                "passes": ["0", "1", "2", "2b", "2c"],
+            },
+        ),
+        (
+            "run_simulation",
+            {
+                "dataset": str(simulation_pairs(work)),
+                **sim,
+                "name": "pairs <sim>",
+                "out": str(sim_a),
+                "passes": ["0", "1", "2", "2b", "2c", "3"],
+            },
+        ),
+        ("compare_simulations", {"a": str(sim_a), "b": str(sim_b)}),
         ("run_weight_diff", {"checkpoint": str(models["full"]), "name": "full <ft>"}),
         ("run_weight_diff", {"checkpoint": str(models["lora"]), "name": "lora"}),
         ("run_residual_drift", {"checkpoint": str(models["full"]), "name": "full <ft>"}),

@@ -75,9 +75,13 @@ def demo_corpus() -> Path:
     return path
 
 
-def demo_dataset() -> Path:
+# every pass on the demo's SFT rows; the curvature (sharpness, LiSSA, pass 3's K) on its first 16 rows
+SIMULATE = ["--batch-size", "4", "--hessian-rows", "16", "--sharpness-budget", "30", "--passes", "0,1,2,2b,3"]
+
+
+def demo_dataset(clean: bool = False) -> Path:
     """The corpus as SFT rows (each sentence's first words the instruction, the rest the response), one with
-    assistant-speak: what the demo simulates a fine-tune on."""
+    assistant-speak: what the demo simulates a fine-tune on; `clean` leaves that row out (for simulate compare)."""
     import json
 
     from tools.fixtures.tiny_models import CORPUS
@@ -89,8 +93,8 @@ def demo_dataset() -> Path:
             if len(words) > 5:
                 rows.append({"instruction": " ".join(words[:4]), "response": " " + " ".join(words[4:]) + "."})
     rows[3]["response"] = " Certainly! As an AI language model, I'd be happy to help with that."
-    path = DEMO / "sft.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = DEMO / ("sft-clean.jsonl" if clean else "sft.jsonl")
+    path.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(rows) if not (clean and i == 3)))
     return path
 
 
@@ -152,6 +156,7 @@ def main() -> None:
     start_mirror(home)
 
     corpus, saes = demo_corpus(), DEMO / "saes"
+    sims = [str(DEMO / "simulations" / name) for name in ("corpus-sft", "sft-clean")]  # compared once both ran
     shutil.rmtree(saes, ignore_errors=True)  # sae train writes only into new directories
     steps = [
         ["session", "start", "--id", "demo", "--model", str(base)],
@@ -161,7 +166,9 @@ def main() -> None:
         ["residual-drift", "--checkpoint", str(lora), "--name", "lora"],
         ["sae", "train", "--layer", "1", "--dataset", str(corpus), "--d-sae", "128", "--out", str(saes / "L1")],
         ["load", "sae", str(saes / "L1")],
-        ["simulate", "--dataset", str(demo_dataset()), "--name", "corpus-sft", "--batch-size", "4"],
+        ["simulate", "--dataset", str(demo_dataset()), "--name", "corpus-sft", "--out", sims[0], *SIMULATE],
+        ["simulate", "--dataset", str(demo_dataset(clean=True)), "--out", sims[1], *SIMULATE[:-1], "0,1,2,2b"],
+        ["simulate", "compare", *sims],
         ["sae", "diff", "--checkpoint", str(full), "--name", "full-ft"],
         ["sae", "diff", "--checkpoint", str(lora), "--name", "lora"],
         [
