@@ -1,7 +1,7 @@
 """Sharded simulate benchmark: `.venv/bin/python -m bench.simulate_distributed`.
 
 The same `trainspect simulate --passes 2,2b` command as one process (torch's default threads: every core) and
-under `torchrun --nproc-per-node 2` (gloo, one thread per rank on 2 cores, tools.simulate.distributed), wall time
+under `torchrun --nproc-per-node 2` (gloo, one thread per rank on 2 cores, session.distributed), wall time
 of the whole command, alternated, best of two each; a one-process, one-thread run shows what the sharding itself
 gains (2 ranks against 2 intra-op threads is the figure a user on this machine gets). The model is bench.simulate's
 GPT-2 of d_model 256 × 4 layers on its 256 rows of ~40 tokens, batch 16, so the per-batch arithmetic (pass 2's

@@ -207,9 +207,6 @@ def _run_tool(ns: argparse.Namespace) -> int:
 
 
 # ----- torchrun: `torchrun --nproc-per-node N -m toolserver.cli simulate ...` ----------------------------------
-DISTRIBUTED_TOOLS = frozenset({"run_simulation"})  # tools that shard their work over torch.distributed ranks
-
-
 def _world_size() -> int:
     """WORLD_SIZE as torchrun sets it; 1 outside torchrun."""
     try:
@@ -237,10 +234,10 @@ def _join_ranks(spec: ToolSpec[Any, Any], session_id: str | None) -> int:
     it from its $TRAINSPECT_HOME: the same directory for all, or copies of it)."""
     if _world_size() <= 1:
         return 0
-    if spec.name not in DISTRIBUTED_TOOLS:
+    if not spec.distributed:
         _refuse_ranks(spec.command)
+    from session import distributed
     from session.state import current_session
-    from tools.simulate import distributed
 
     distributed.init_from_env()
     rank = distributed.world()[0]
@@ -275,7 +272,7 @@ def _run_rank(ns: argparse.Namespace, rank: int) -> int:
 
 def _leave_ranks() -> None:
     if _world_size() > 1:
-        from tools.simulate import distributed
+        from session import distributed
 
         distributed.leave()
 

@@ -260,6 +260,8 @@ class ToolSpec(Generic[In, Out]):
                    history land in that session
     live       the live event families the tool emits (the mirror accepts exactly the declared ones)
     exit_status  result -> the CLI's exit code (a gate's fail is 2); None: 0 for every result
+    distributed    the tool shards its work over torch.distributed ranks (session.distributed): under torchrun
+                   the CLI runs it on every rank, rank 0 writing; any other tool refuses there
     """
 
     name: str
@@ -276,6 +278,7 @@ class ToolSpec(Generic[In, Out]):
     session_arg: str | None = None
     live: tuple[LiveFamily, ...] = ()
     exit_status: Callable[[Out], int] | None = None
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         for name, f in self.input_model.model_fields.items():

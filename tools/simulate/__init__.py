@@ -32,5 +32,6 @@ SPEC = ToolSpec(
     slim=lazy("tools.simulate.report:slim"),
     table=lazy("tools.simulate.report:table"),
     live=(SIM_EVENTS,),
+    distributed=True,
 )
 TOOLS = [SPEC]

@@ -72,13 +72,18 @@ def hvp(loss_fn: LossFn, params: list[Tensor], v: list[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(x, hv, strict=True)]
 
 
-def mean_hvp(loss_fns: Sequence[LossFn], params: list[Tensor], v: list[Tensor]) -> list[Tensor]:
-    """H·v of the mean of the per-batch losses, one batch's graph at a time (summed in float32, then divided)."""
+def sum_hvp(loss_fns: Sequence[LossFn], params: list[Tensor], v: list[Tensor]) -> list[Tensor]:
+    """Σ over the losses of H·v, one batch's graph at a time, summed in float32."""
     total = [torch.zeros_like(p) for p in params]
     for loss_fn in loss_fns:
         for t, h in zip(total, hvp(loss_fn, params, v), strict=True):
             t.add_(h)
-    return [t / len(loss_fns) for t in total]
+    return total
+
+
+def mean_hvp(loss_fns: Sequence[LossFn], params: list[Tensor], v: list[Tensor]) -> list[Tensor]:
+    """H·v of the mean of the per-batch losses."""
+    return [t / len(loss_fns) for t in sum_hvp(loss_fns, params, v)]
 
 
 class Eigen(BaseModel):

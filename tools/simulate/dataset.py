@@ -36,6 +36,11 @@ class Row(BaseModel):
     chosen: str = ""
     rejected: str = ""
 
+    @property
+    def answer(self) -> str:
+        """What a fine-tune trains on: the response, or a preference row's chosen answer (pass 2 takes SFT on it)."""
+        return self.response or self.chosen
+
     def fields(self) -> dict[str, str]:
         """The row's non-empty text fields by name (what quality checks scan)."""
         names = ("prompt", "response", "chosen", "rejected")

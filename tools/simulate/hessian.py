@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tools.simulate import distributed
+from session import distributed
 from tools.simulate.batches import TrainBatch
-from tools.simulate.curvature import LossFn, causal_lm_loss, hvp, subset
+from tools.simulate.curvature import LossFn, causal_lm_loss, subset, sum_hvp
 from toolserver.contract import ToolError
 
 
@@ -54,11 +54,7 @@ class Curvature:
 
     def hvp(self, v: list[Tensor]) -> list[Tensor]:
         self.calls += 1
-        total = [torch.zeros_like(p) for p in self.params]
-        for fn in self.fns:
-            for t, h in zip(total, hvp(fn, self.params, v), strict=True):
-                t.add_(h)
-        distributed.all_sum_(total)
+        total = distributed.all_sum_(sum_hvp(self.fns, self.params, v))
         return [t / self.batches for t in total]
 
 

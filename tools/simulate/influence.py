@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from tools.simulate import distributed
+from session import distributed
 from tools.simulate.batches import TrainBatch
 from tools.simulate.curvature import LissaResult, lissa, lissa_scale, per_sample_grads
 from tools.simulate.dataset import Row
@@ -157,6 +157,5 @@ def report(
 
 
 def _with_text(x: InfluenceRow, row: Row) -> InfluenceRow:
-    answer = row.response or row.chosen
-    text = f"{row.prompt} → {answer.strip()}" if row.prompt else answer
+    text = f"{row.prompt} → {row.answer.strip()}" if row.prompt else row.answer
     return x.model_copy(update={"text": text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"})

@@ -12,7 +12,7 @@ tokens, exactly what a training step would differentiate) and reads, per batch:
   `.grad` is then freed, so memory is one batch's activations, its gradients and that sum.
 When both passes run they share the forward. Dropout is off (eval mode): the landscape is measured, not sampled.
 
-Under torchrun (tools.simulate.distributed) every rank builds and reads every batch as one process does, so
+Under torchrun (session.distributed) every rank builds and reads every batch as one process does, so
 batch numbers, skipped and truncated batches are the one-process ones on every rank, and runs the forward and
 backward of its share only: the k-th batch with a target token (0-based, dataset order) is rank k mod world's,
 as the curvature batches are (hessian.curvature). The sums (parameter gradients; each hook's activations,
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from session import distributed
 from session.activations import resid_hook
-from tools.simulate import distributed
 from tools.simulate.batches import TrainBatch
 from tools.watch.emitters import GradNormMeter
 

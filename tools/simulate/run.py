@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
+from session import distributed
 from session.context import ToolContext
 from session.models import LoadedModel, load_base
 from session.sae import SaeInfo, processing_for, session_saes
 from tools.sae.labels import labels_for
-from tools.simulate import artifacts, distributed
+from tools.simulate import artifacts
 from tools.simulate.batches import batches
 from tools.simulate.dataset import Dataset, read_dataset
 from tools.simulate.decompose import feature_shifts, predict, scores
@@ -226,7 +227,7 @@ def _model_passes(
                         scores(g, w_dec, base_acts[hook])[0], sft_scores[hook], labels[hook], args.top
                     )
             result.preference = preference_report(ps, rows, args.beta, prediction, shifts)
-        if "2b" in passes or "3" in passes or args.sharpness:
+        if _second_order_runs(passes, args):
             for p in hf.parameters():
                 p.requires_grad_(False)  # the curvature is taken over float32 copies; no graph into the model
             tensors.update(second_order(model, dataset, args, passes, result, timeline, reporter, max_len, tensors))
@@ -254,10 +255,8 @@ def _landscape_pass(
     until the sweep gathers them, so the steps (and the engine's signals) are emitted after the sweep, in batch
     order, inside the pass's timing (the front door shows rank 0's), and progress follows this rank's position in
     the dataset."""
-    from tools.simulate import distributed
-
     rows = dataset.rows
-    pairs = [(r.prompt, r.chosen if dataset.format == "preference" else r.response) for r in rows]
+    pairs = [(r.prompt, r.answer) for r in rows]
     engine, live = SignalEngine(EngineConfig()), []
     n = math.ceil(len(rows) / args.batch_size)
     span = (_first_order_end(passes, args) - 0.08) * (0.65 if "2c" in passes else 1.0)
@@ -309,9 +308,14 @@ def _landscape_pass(
     return sw
 
 
+def _second_order_runs(passes: list[str], args: SimulateInput) -> bool:
+    """Sharpness, 2b or 3: the curvature passes (second_order) run after passes 1, 2 and 2c."""
+    return "2b" in passes or "3" in passes or bool(args.sharpness)
+
+
 def _first_order_end(passes: list[str], args: SimulateInput) -> float:
     """Progress where passes 1, 2 and 2c end: the second-order passes take the rest."""
-    return 0.55 if "2b" in passes or "3" in passes or args.sharpness else 0.98
+    return 0.55 if _second_order_runs(passes, args) else 0.98
 
 
 def _tokenizer(source: str) -> Any:

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from session import distributed
 from session.context import ToolContext
 from session.models import LoadedModel
-from tools.simulate import distributed
 from tools.simulate.batches import TrainBatch, batches
 from tools.simulate.dataset import Dataset, Row, read_dataset
 from tools.simulate.delta import deltas
@@ -33,7 +33,7 @@ from tools.simulate.models import (
 )
 from tools.simulate.sharpness import sharpness
 from tools.simulate.synthetic import merged_state, reload_and_check, save
-from toolserver.contract import Reporter, ToolError
+from toolserver.contract import Reporter, SilentReporter, ToolError
 
 SAE_DIFF_ROWS = 256  # dataset texts sae diff runs the synthetic checkpoint on
 
@@ -273,27 +273,17 @@ def _sae_diff(
     from tools.sae.models import SaeDiffInput
     from tools.sae.run_diff import run as sae_diff
 
-    texts = [f"{r.prompt} {r.response or r.chosen}".strip() for r in dataset.rows[:SAE_DIFF_ROWS]]
+    texts = [f"{r.prompt} {r.answer}".strip() for r in dataset.rows[:SAE_DIFF_ROWS]]
     with tempfile.TemporaryDirectory() as tmp:
         probes = Path(tmp) / "texts.json"
         probes.write_text(json.dumps(texts))
         diff = sae_diff(
             ctx,
             SaeDiffInput(checkpoint=str(path), prompts=str(probes), batch_size=args.batch_size, max_length=max_len),
-            _Quiet(),
+            SilentReporter(),
         ).result
     summaries = [
         SaeDiffSummary(hook=x.hook, features=x.d_sae, changed=x.n_changed, mean_abs_delta=x.mean_abs_delta)
         for x in diff.layers
     ]
     return summaries, len(texts)
-
-
-class _Quiet:
-    """sae diff's own progress is not the simulation's."""
-
-    def progress(self, fraction: float, message: str) -> None:
-        pass
-
-    def emit(self, type: str, data: dict[str, Any], text: str | None = None) -> None:
-        pass

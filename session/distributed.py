@@ -1,9 +1,11 @@
-"""Sharding passes 2 and 2b over torch.distributed ranks (torchrun): batch k belongs to rank k mod world, sums
-are all-reduced, per-batch readings gathered in batch order, so every rank ends with the one-process numbers
-and rank 0 writes. Without an initialised process group every call is the one-process identity.
+"""Work sharded over torch.distributed ranks (torchrun), as simulate's passes 2 and 2b do it: batch k belongs to
+rank k mod world, sums are all-reduced, per-batch readings gathered in batch order, so every rank ends with the
+one-process numbers and rank 0 writes. Without an initialised process group every call is the one-process
+identity.
 
-Only run_simulation joins a process group (the CLI calls init_from_env under torchrun); the front door mutes
-ranks other than 0 (no stored result, call record, mirror, --save, stdout or --out files)."""
+Only a tool registered as distributed (ToolSpec.distributed) joins a process group (the CLI calls init_from_env
+under torchrun); the front door mutes ranks other than 0 (no stored result, call record, mirror, --save, stdout
+or --out files)."""
 
 from __future__ import annotations
 
