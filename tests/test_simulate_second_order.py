@@ -422,3 +422,38 @@ def test_lissa_refuses_an_unconverged_spectrum(
             influence_params=SUBSET,
             sharpness_budget=3,
         )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        ({"passes": "3"}, r"^pass 3 writes a synthetic checkpoint, so it needs --out DIR \(add --out DIR"),
+        ({"passes": "2b", "influence_params": "no_such_param"}, r"^--influence-params 'no_such_param' matches no "),
+        ({"passes": "2b", "influence_params": "("}, r"influence_params.*not a regular expression"),
+        ({"passes": "2b", "sharpness": False}, r"^pass 2b's LiSSA needs the measured spectrum \(drop --no-sharpness"),
+    ],
+)
+def test_bad_second_order_input_is_one_line(base: Path, tmp_path: Path, args: dict[str, Any], line: str) -> None:
+    rows, _ = fact_rows()
+    with pytest.raises(ToolError, match=line) as err:
+        simulate(base, write_jsonl(tmp_path / "facts.jsonl", rows), "bad", batch_size=7, **args)
+    assert "\n" not in str(err.value)
+
+
+def test_a_failed_checkpoint_leaves_the_previous_one(
+    base: Path, delta_run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new checkpoint is written and reloaded beside the old one; a failure there leaves the old one whole."""
+    out = tmp_path / "out"
+    args = {"passes": "3", "out": str(out), "batch_size": BATCH, "steps": T, "lr": LR, "hessian_rows": 8}
+    first = simulate(base, delta_run["data"], "keep", checkpoint_format="pt", **args).result.delta.checkpoint
+    before = Path(first.path).read_bytes()
+
+    def broken(*a: Any) -> int:
+        raise ToolError("reload differs", "a bug")
+
+    monkeypatch.setattr("tools.simulate.second_order.reload_and_check", broken)
+    with pytest.raises(ToolError, match="reload differs"):
+        simulate(base, delta_run["data"], "keep2", checkpoint_format="pt", **{**args, "lr": 2 * LR})
+    assert Path(first.path).read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "simulation.json", "tensors.safetensors"]

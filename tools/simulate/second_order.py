@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from tools.simulate.models import (
     SyntheticCheckpoint,
 )
 from tools.simulate.sharpness import sharpness
-from tools.simulate.synthetic import merged_state, reload_and_check, save
+from tools.simulate.synthetic import merged_state, publish, reload_and_check, save
 from toolserver.contract import Reporter, SilentReporter, ToolError
 
 SAE_DIFF_ROWS = 256  # dataset texts sae diff runs the synthetic checkpoint on
@@ -245,8 +246,13 @@ def checkpoint_pass(
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     reporter.progress(0.97, "pass 3: writing and reloading the synthetic checkpoint")
-    path = save(hf, model.tokenizer, state, out, args.checkpoint_format, result.config.steps)
-    matched = reload_and_check(ctx, path, state)
+    written = save(hf, model.tokenizer, state, out, args.checkpoint_format, result.config.steps)
+    try:
+        matched = reload_and_check(ctx, written, state)
+    except ToolError:
+        shutil.rmtree(written.parent, ignore_errors=True)
+        raise
+    path = publish(written, out)
     ckpt = SyntheticCheckpoint(
         path=str(path.resolve()),
         format=args.checkpoint_format,

@@ -4,6 +4,9 @@ checkpoint loader and compared with what was written, tensor by tensor, bit for 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,17 +33,32 @@ def merged_state(model: nn.Module, delta: dict[str, Tensor]) -> dict[str, Tensor
 def save(
     model: nn.Module, tokenizer: Any, state: dict[str, Tensor], out: Path, fmt: Literal["hf", "pt"], step: int
 ) -> Path:
+    """Written into a temporary directory beside its final name, to be reloaded there and then `publish`ed, so
+    a previous simulation's checkpoint is replaced only by one that wrote and reloaded whole. Returns the path
+    written."""
+    final = out / (HF_DIR if fmt == "hf" else PT_FILE)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{final.name}."))
+    path = tmp / final.name
     try:
         if fmt == "hf":
-            path = out / HF_DIR
             model.save_pretrained(str(path), state_dict=state)
             tokenizer.save_pretrained(str(path))
         else:
-            path = out / PT_FILE
             torch.save({"step": step, "state_dict": {k: v.cpu() for k, v in state.items()}}, path)
     except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise ToolError(f"cannot write the synthetic checkpoint under {out}: {e}", "pick a writable --out") from None
     return path
+
+
+def publish(written: Path, out: Path) -> Path:
+    """Move a checked checkpoint from its temporary directory to its final name, replacing the previous one."""
+    final = out / written.name
+    if final.is_dir():
+        shutil.rmtree(final)
+    os.replace(written, final)
+    shutil.rmtree(written.parent, ignore_errors=True)
+    return final
 
 
 def reload_and_check(ctx: ToolContext, path: Path, state: dict[str, Tensor]) -> int:
